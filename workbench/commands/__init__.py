@@ -1,0 +1,5 @@
+"""Every CLI command, one module per area; cli.py registers the list below."""
+
+from workbench.commands.checkpoints import generate, import_group, inspect
+
+COMMANDS = [import_group, inspect, generate]
