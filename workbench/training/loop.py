@@ -260,8 +260,8 @@ def train(model: torch.nn.Module, train_rows: Sequence, val_rows: Sequence, coll
                 state.evals_without_improvement += 1
                 state.stopped_early = bool(config.patience) and state.evals_without_improvement >= config.patience
         events.write(event)
+        progress.set_postfix(loss=f"{train_loss:.4f}", tok_s=f"{event['tokens_per_second']:.0f}", refresh=False)
         progress.update(1)
-        progress.set_postfix(loss=f"{train_loss:.4f}", tok_s=f"{event['tokens_per_second']:.0f}")
         if (epoch_end or improved or state.stopped_early
                 or (config.save_every and state.step % config.save_every == 0)):
             last_saved = save_checkpoint(checkpoints_dir, model, optimizer, scheduler, state,
