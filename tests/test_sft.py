@@ -75,12 +75,10 @@ def test_kill_9_then_rerun_resumes_to_bitwise_identical_weights(tiny_llama, chat
     process.send_signal(signal.SIGKILL)
     process.wait()
 
-    resumed = workbench_process("sft", *args)
-    _, stderr = resumed.communicate(timeout=120)
-    assert resumed.returncode == 0, stderr
+    resumed = run(config_from_args(args))  # the same command again continues from the last checkpoint
     reference = run(config_from_args(sft_args(tiny_llama, chat_data, tmp_path / "straight", "--save-every", "1")))
 
-    got = load_file(str(tmp_path / "killed" / "model.safetensors"))
+    got = load_file(str(resumed.path / "model.safetensors"))
     expected = load_file(str(reference.path / "model.safetensors"))
     assert got.keys() == expected.keys()
     for name in expected:
@@ -88,9 +86,9 @@ def test_kill_9_then_rerun_resumes_to_bitwise_identical_weights(tiny_llama, chat
     assert steps_logged(tmp_path / "killed") == list(range(1, total_steps + 1))
     assert len(list(checkpoints.glob("step-*"))) <= 4 and not list(checkpoints.glob(".*tmp"))
 
-    again = workbench_process("sft", *args)  # the same command once more: the finished run is returned
-    stdout, _ = again.communicate(timeout=60)
-    assert again.returncode == 0 and "wrote" in stdout
+    finished = (tmp_path / "killed" / "model.safetensors").stat().st_mtime_ns
+    assert run(config_from_args(args)).path == resumed.path  # once finished, the same command returns it
+    assert (tmp_path / "killed" / "model.safetensors").stat().st_mtime_ns == finished
     assert steps_logged(tmp_path / "killed") == list(range(1, total_steps + 1))
 
 
@@ -120,13 +118,13 @@ def test_lora_writes_merged_checkpoint_equal_to_base_plus_adapter(tiny_llama, ch
 
 
 def test_torchrun_two_processes_follow_the_single_process_loss_curve(tiny_llama, chat_data, tmp_path):
-    args = sft_args(tiny_llama, chat_data, tmp_path / "two", "--grad-accum", "2")
+    args = sft_args(tiny_llama, chat_data, tmp_path / "two", "--batch-size", "2")
     launcher = (sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
                 "-m", "workbench")
     process = workbench_process("sft", *args, launcher=launcher)
     _, stderr = process.communicate(timeout=240)
     assert process.returncode == 0, stderr[-3000:]
-    run(config_from_args(sft_args(tiny_llama, chat_data, tmp_path / "one", "--grad-accum", "2")))
+    run(config_from_args(sft_args(tiny_llama, chat_data, tmp_path / "one", "--batch-size", "2", "--grad-accum", "2")))
 
     def curve(out):
         events = [json.loads(line) for line in (out / "events.jsonl").read_text().splitlines()]
