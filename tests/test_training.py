@@ -159,3 +159,17 @@ def test_objective_gives_the_same_loss_on_packed_and_padded_rows():
     assert len(pack_examples(rows, 40)) < len(rows)
     assert packed[1] == padded[1] and packed[2] == padded[2]
     assert packed[0].item() == pytest.approx(padded[0].item(), rel=1e-5)
+
+
+def test_bf16_precision_trains_under_autocast_with_fp32_master_weights(tmp_path):
+    seen = []
+
+    def objective(model, batch):
+        seen.append(torch.is_autocast_enabled("cpu") and torch.get_autocast_dtype("cpu") == torch.bfloat16)
+        return causal_lm_objective(model, batch)
+
+    model = make_model("llama", vocab_size=VOCAB)
+    result = train(model, make_rows(8), [], pad, config(precision="bf16", epochs=3), tmp_path, Dist(), objective)
+    assert seen and all(seen)
+    assert math.isfinite(result.metrics["train_loss"])
+    assert all(p.dtype == torch.float32 for p in model.parameters())
