@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import warnings
+
 import torch
 
 from workbench.errors import ConfigError, did_you_mean
@@ -32,4 +34,7 @@ def apply_lora(model: torch.nn.Module, rank: int, alpha: float, dropout: float, 
                                   f"all-linear, {', '.join(available)}")
     config = LoraConfig(r=rank, lora_alpha=alpha, lora_dropout=dropout, target_modules=targets,
                         task_type="CAUSAL_LM", fan_in_fan_out=model.config.model_type == "gpt2")
-    return get_peft_model(model, config)
+    with warnings.catch_warnings():
+        # peft asks transformers 5 a deprecated question; the user can do nothing about it.
+        warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
+        return get_peft_model(model, config)
