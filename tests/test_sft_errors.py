@@ -72,6 +72,12 @@ def test_output_directory_holding_something_else_is_refused(capsys, tiny_llama, 
     assert [p.name for p in other.iterdir()] == ["notes.txt"] and [p.name for p in different.iterdir()] == ["run.json"]
 
 
+def test_output_into_the_base_model_directory_is_refused_even_with_overwrite(capsys, tiny_llama, data_file):
+    before = sorted(p.name for p in tiny_llama.iterdir())
+    line = cli_error(capsys, "--model", tiny_llama, "--data", data_file, "--out", tiny_llama, "--overwrite")
+    assert "is the base model's directory" in line and sorted(p.name for p in tiny_llama.iterdir()) == before
+
+
 def test_a_real_subprocess_exits_2_with_one_line(tiny_llama, data_file, tmp_path):
     result = run_workbench("sft", "--model", tiny_llama, "--data", data_file, "--out", tmp_path / "out",
                            "--batch-size", "0")

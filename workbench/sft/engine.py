@@ -16,6 +16,7 @@ from pathlib import Path
 import torch
 
 from workbench.checkpoint import Checkpoint, file_fingerprint, make_lineage
+from workbench.errors import ConfigError
 from workbench.sft.config import SFTConfig
 from workbench.sft.lora import apply_lora
 from workbench.training import causal_lm_objective, setup_distributed, train
@@ -35,6 +36,8 @@ def run(config: SFTConfig) -> Checkpoint:
     ctx = setup_distributed()
     base = Checkpoint(config.model)
     out = Path(config.out)
+    if out.resolve() == base.path.resolve():
+        raise ConfigError(f"--out {out} is the base model's directory; write the fine-tuned model elsewhere")
     identity = {**config.run_identity(), "model_fingerprint": base.fingerprint(),
                 "data_fingerprint": _fingerprint(config.data), "val_data_fingerprint": _fingerprint(config.val_data)}
     status = check_run_dir(out, identity, resume=config.resume, overwrite=config.overwrite)
