@@ -150,12 +150,12 @@ def main() -> None:
     if args.smollm and Path(args.smollm).exists():
         models.append(("SmolLM2-135M", args.smollm, args.smollm_steps))
     data = work / "chat.jsonl"
-    write_data(data, count=400, min_words=8, max_words=64, seed=0)
+    write_data(data, count=400, min_words=4, max_words=128, seed=0)
 
     lines = ["| run | model | tokens/s | peak RSS MiB | final loss | wall s |", "|---|---|---|---|---|---|"]
     for label, model, steps in models:
         settings = {"steps": steps, "batch_size": 8 if label.startswith("tiny") else 4, "lr": 1e-4,
-                    "max_length": 256}
+                    "max_length": 512}
         # Alternate which system goes first so neither always runs on a warmer machine.
         order = ("workbench", "trl") if label.startswith("tiny") else ("trl", "workbench")
         results = {}
@@ -168,7 +168,7 @@ def main() -> None:
         packed = workbench_run(model, data, work / f"wb-packed-{steps}",
                                {**settings, "batch_size": settings["batch_size"] // 2}, packing=True)
         lines += [row("workbench sft (padded)", label, padded), row("TRL SFTTrainer (padded)", label, results["trl"]),
-                  row("workbench sft --packing (rows of 256)", label, packed)]
+                  row("workbench sft --packing (rows of 512)", label, packed)]
         lines.append(f"| ratios | {label} | workbench/TRL {padded['tokens_per_second'] / results['trl']['tokens_per_second']:.2f}x, "
                      f"packed/padded {packed['tokens_per_second'] / padded['tokens_per_second']:.2f}x | | | |")
         print("\n".join(lines[-4:]), flush=True)
