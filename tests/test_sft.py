@@ -137,3 +137,15 @@ def test_torchrun_two_processes_follow_the_single_process_loss_curve(tiny_llama,
         assert (valid_one is None) == (valid_two is None)
         if valid_one is not None:
             assert valid_two == pytest.approx(valid_one, rel=1e-4)
+
+
+def test_resume_continues_a_finished_run_with_more_epochs(tiny_llama, chat_data, tmp_path):
+    out = tmp_path / "run"
+    run(config_from_args(sft_args(tiny_llama, chat_data, out, "--epochs", "1")))
+    assert steps_logged(out) == list(range(1, 7))
+    longer = config_from_args(sft_args(tiny_llama, chat_data, out, "--epochs", "2"))
+    longer.resume = True
+    checkpoint = run(longer)
+    assert steps_logged(out) == list(range(1, 13))
+    assert checkpoint.lineage["parameters"]["epochs"] == 2 and checkpoint.lineage["metrics"]["step"] == 12
+    assert json.loads((out / "run.json").read_text())["epochs"] == 2
