@@ -3,5 +3,6 @@
 from workbench.commands.checkpoints import generate, import_group, inspect
 from workbench.commands.data import data_group
 from workbench.commands.merge import merge
+from workbench.commands.sft import sft
 
-COMMANDS = [import_group, inspect, generate, data_group, merge]
+COMMANDS = [import_group, inspect, generate, data_group, sft, merge]

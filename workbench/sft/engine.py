@@ -1,0 +1,94 @@
+"""Supervised fine-tuning: chat JSONL + checkpoint in, fine-tuned checkpoint out.
+
+``run`` checks everything it can before writing anything (config, base checkpoint, data, LoRA
+targets, the output directory), then trains with the shared loop and writes OUT as a
+checkpoint: merged full weights (``save_model``), plus the peft adapter in OUT/adapter when
+LoRA was used. OUT also holds the run itself (see ``workbench.training.rundir``).
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+from functools import partial
+from pathlib import Path
+
+import torch
+
+from workbench.checkpoint import Checkpoint, file_fingerprint, make_lineage
+from workbench.errors import ConfigError
+from workbench.sft.config import SFTConfig
+from workbench.sft.lora import apply_lora
+from workbench.training import causal_lm_objective, setup_distributed, train
+from workbench.training.distributed import barrier
+from workbench.training.events import plot_loss_curve
+from workbench.training.rundir import check_run_dir, start_run_dir, write_final_model
+
+ADAPTER_DIR = "adapter"
+
+
+def run(config: SFTConfig) -> Checkpoint:
+    """Fine-tune ``config.model`` on ``config.data`` into ``config.out``; return the checkpoint."""
+    from workbench.data import pack_examples, packed_collate, pad_collate, prepare_datasets
+    from workbench.modeling import load_model, load_tokenizer
+
+    config.validate()
+    ctx = setup_distributed()
+    base = Checkpoint(config.model)
+    out = Path(config.out)
+    if out.resolve() == base.path.resolve():
+        raise ConfigError(f"--out {out} is the base model's directory; write the fine-tuned model elsewhere")
+    identity = {**config.run_identity(), "model_fingerprint": base.fingerprint(),
+                "data_fingerprint": _fingerprint(config.data), "val_data_fingerprint": _fingerprint(config.val_data)}
+    status = check_run_dir(out, identity, resume=config.resume, overwrite=config.overwrite)
+    if status == "done":
+        return Checkpoint(out)
+
+    tokenizer = load_tokenizer(base.path)
+    train_examples, val_examples, stats = prepare_datasets(
+        config.data, tokenizer, config.max_length, val_path=config.val_data, val_split=config.val_split,
+        seed=config.seed, truncation=config.truncation)
+    if config.packing:
+        train_rows, val_rows = pack_examples(train_examples, config.max_length), pack_examples(val_examples, config.max_length)
+        collate = partial(packed_collate, pad_id=tokenizer.pad_token_id or 0)
+    else:
+        train_rows, val_rows = train_examples, val_examples
+        collate = partial(pad_collate, pad_id=tokenizer.pad_token_id or 0)
+
+    torch.manual_seed(config.seed)  # the same LoRA initialization on every rank and every resume
+    model = load_model(base.path, dtype=torch.float32)
+    if config.lora_rank:
+        model = apply_lora(model, config.lora_rank, config.lora_alpha, config.lora_dropout, config.target_modules)
+
+    barrier(ctx)  # every rank has checked its inputs; only now is anything written
+    if ctx.is_main:
+        start_run_dir(out, identity, status, config.overwrite)
+    barrier(ctx)
+    result = train(model, train_rows, val_rows, collate, config, out, ctx, causal_lm_objective)
+    if ctx.is_main:
+        plot_loss_curve(out)
+        lineage = make_lineage(
+            "sft", parameters=config.run_identity(),
+            inputs={"base": base, "data": config.data, **({"val_data": config.val_data} if config.val_data else {})},
+            metrics={**result.metrics, "data": stats.to_dict()})
+        if config.lora_rank:
+            write_adapter(model, out)
+            model = model.merge_and_unload()
+        write_final_model(model, out, base, lineage)
+    barrier(ctx)
+    if ctx.enabled:
+        torch.distributed.destroy_process_group()
+    return Checkpoint(out)
+
+
+def _fingerprint(path: str | None) -> str | None:
+    return file_fingerprint(path) if path and os.path.isfile(path) else None
+
+
+def write_adapter(model, out: Path) -> None:
+    """The peft adapter as OUT/adapter, written beside it and renamed into place."""
+    tmp = out.parent / f".{out.name}.adapter-{os.getpid()}"
+    shutil.rmtree(tmp, ignore_errors=True)
+    model.save_pretrained(str(tmp))
+    shutil.rmtree(out / ADAPTER_DIR, ignore_errors=True)
+    os.rename(tmp, out / ADAPTER_DIR)
