@@ -104,25 +104,32 @@ def slerp(t: float, v0: torch.Tensor, v1: torch.Tensor, dtype: torch.dtype,
 
 
 def magnitude_threshold(base: torch.Tensor, other: torch.Tensor, density: float, dtype: torch.dtype,
-                        release: Release = _keep) -> tuple[float, torch.Tensor, torch.Tensor]:
-    """The smallest |other - base| that TIES' magnitude trim keeps at ``density``, plus the
-    L1 norms of the task vector before and after the trim (for ``rescale``).
+                        rescale: bool = False, release: Release = _keep) -> tuple[float, torch.Tensor | None]:
+    """The smallest |other - base| that TIES' magnitude trim keeps at ``density``, and with
+    ``rescale`` the factor L1(task vector) / L1(trimmed task vector) (None when either is
+    below mergekit's 1e-7).
 
     Selection runs in place (numpy's introselect, O(n)) on a float32 buffer of magnitudes:
-    one tensor of scratch instead of mergekit's full argsort and index arrays.
+    one tensor of scratch instead of mergekit's full argsort and its index arrays.
     """
     numel = base.numel()
     keep = max(1, int(density * numel))
     magnitudes = torch.empty(numel, dtype=torch.float32)
     for start, stop in _chunks(numel):
-        magnitudes[start:stop] = (other[start:stop].to(dtype) - base[start:stop].to(dtype)).abs().float()
+        segment = magnitudes[start:stop]
+        if dtype == torch.float32:
+            torch.sub(other[start:stop].float(), base[start:stop].float(), out=segment).abs_()
+        else:
+            segment.copy_((other[start:stop].to(dtype) - base[start:stop].to(dtype)).abs())
         release(start, stop)
-    before = magnitudes.sum()
+    before = magnitudes.sum().to(dtype) if rescale else None
     values = magnitudes.numpy()
     values.partition(numel - keep)
     threshold = float(values[numel - keep])
-    after = magnitudes[magnitudes >= threshold].sum()
-    return threshold, before.to(dtype), after.to(dtype)
+    if before is None:
+        return threshold, None
+    after = magnitudes[magnitudes >= threshold].sum().to(dtype)
+    return threshold, None if before < 1e-7 or after < 1e-7 else before / after
 
 
 def task_arithmetic(base: torch.Tensor, others: Sequence[torch.Tensor], weights: Sequence[float],
@@ -134,44 +141,34 @@ def task_arithmetic(base: torch.Tensor, others: Sequence[torch.Tensor], weights:
     mean when ``sign_consensus``, divided by the summed weights when ``normalize``, scaled
     by ``lambda_`` and added back to the base. ties = sparsify + sign_consensus."""
     numel = base.numel()
-    trims = []
-    for other, density in zip(others, densities):
-        if not sparsify or density >= 1:
-            trims.append(None)
-            continue
-        threshold, before, after = magnitude_threshold(base, other, density, dtype, release)
-        scale = None
-        if rescale and not (before < 1e-7 or after < 1e-7):
-            scale = before / after
-        trims.append((threshold, scale))
+    trims = [magnitude_threshold(base, other, density, dtype, rescale, release)
+             if sparsify and density < 1 else None for other, density in zip(others, densities)]
     weight_column = torch.tensor(list(weights), dtype=dtype).reshape(-1, 1)
     out = torch.empty(numel, dtype=dtype)
     for start, stop in _chunks(numel):
         b = base[start:stop].to(dtype)
         deltas = torch.empty((len(others), stop - start), dtype=dtype)
-        for i, (other, trim) in enumerate(zip(others, trims)):
-            delta = other[start:stop].to(dtype) - b
+        for delta, other, trim in zip(deltas, others, trims):
+            torch.sub(other[start:stop].to(dtype), b, out=delta)
             if trim is not None:
                 threshold, scale = trim
-                delta.mul_(delta.abs().float() >= threshold)
+                delta.masked_fill_(delta.abs() < threshold, 0)
                 if scale is not None:
                     delta.mul_(scale)
-            deltas[i] = delta
         deltas.mul_(weight_column)
         if sign_consensus:
-            majority = (deltas.sum(dim=0) >= 0).to(dtype) * 2 - 1
-            mask = deltas.sign() == majority
+            mask = deltas.sign() == torch.where(deltas.sum(dim=0) >= 0, 1.0, -1.0)
             mixed = (deltas * mask).sum(dim=0)
             divisor = (weight_column * mask).sum(dim=0)
-            divisor[divisor == 0] = 1
+            divisor.masked_fill_(divisor == 0, 1)
         else:
             mixed = deltas.sum(dim=0)
             divisor = weight_column.sum(dim=0)
-            divisor[divisor.abs() < 1e-8] = 1
+            divisor.masked_fill_(divisor.abs() < 1e-8, 1)
         if normalize:
             mixed /= divisor
         if lambda_ != 1:
             mixed *= lambda_
-        out[start:stop] = b + mixed
+        torch.add(b, mixed, out=out[start:stop])
         release(start, stop)
     return out
