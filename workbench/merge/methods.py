@@ -132,6 +132,25 @@ def magnitude_threshold(base: torch.Tensor, other: torch.Tensor, density: float,
     return threshold, None if before < 1e-7 or after < 1e-7 else before / after
 
 
+_SAME_WIDTH_INT = {torch.float32: torch.int32, torch.bfloat16: torch.int16, torch.float16: torch.int16}
+
+
+def _zero_below(delta: torch.Tensor, threshold: float) -> None:
+    """Zero, in place, every element with |x| < threshold (a magnitude of this dtype).
+
+    hardshrink zeroes |x| <= lambd in one fast pass; with lambd the dtype's next value
+    below the threshold that is exactly |x| < threshold. (float64: mergekit compares
+    float32-rounded magnitudes, so do the same, more slowly.)"""
+    if delta.dtype not in _SAME_WIDTH_INT:
+        delta.mul_(delta.abs().float() >= threshold)
+        return
+    if threshold <= 0:
+        return
+    bits = torch.tensor([threshold], dtype=delta.dtype).view(_SAME_WIDTH_INT[delta.dtype])
+    below = float((bits - 1).view(delta.dtype))
+    torch.hardshrink(delta, below, out=delta)
+
+
 def task_arithmetic(base: torch.Tensor, others: Sequence[torch.Tensor], weights: Sequence[float],
                     densities: Sequence[float], dtype: torch.dtype, *, sign_consensus: bool,
                     sparsify: bool, normalize: bool, lambda_: float = 1.0, rescale: bool = False,
@@ -152,12 +171,14 @@ def task_arithmetic(base: torch.Tensor, others: Sequence[torch.Tensor], weights:
             torch.sub(other[start:stop].to(dtype), b, out=delta)
             if trim is not None:
                 threshold, scale = trim
-                delta.masked_fill_(delta.abs() < threshold, 0)
+                _zero_below(delta, threshold)
                 if scale is not None:
                     delta.mul_(scale)
         deltas.mul_(weight_column)
         if sign_consensus:
-            mask = deltas.sign() == torch.where(deltas.sum(dim=0) >= 0, 1.0, -1.0)
+            majority = (deltas.sum(dim=0) >= 0).to(dtype) * 2 - 1
+            # Masks as floats, not bools: mixed bool/float arithmetic is several times slower.
+            mask = (deltas.sign() == majority).to(dtype)
             mixed = (deltas * mask).sum(dim=0)
             divisor = (weight_column * mask).sum(dim=0)
             divisor.masked_fill_(divisor == 0, 1)
