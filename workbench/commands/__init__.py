@@ -1,6 +1,7 @@
 """Every CLI command, one module per area; cli.py registers the list below."""
 
 from workbench.commands.checkpoints import generate, import_group, inspect
+from workbench.commands.data import data_group
 from workbench.commands.merge import merge
 
-COMMANDS = [import_group, inspect, generate, merge]
+COMMANDS = [import_group, inspect, generate, data_group, merge]
