@@ -35,6 +35,11 @@ from workbench.checkpoint import Checkpoint, CheckpointWriter, make_lineage  # n
 from workbench.safetensors_io import PlannedTensor  # noqa: E402
 
 DEFAULT_MODEL = Path("/work/main/models/smollm2-135m-instruct")
+# On a shared, oversubscribed machine OpenMP worker threads that spin-wait between parallel
+# regions dominate both tools' run time (mergekit's ties went from ~40 s to ~260 s); with
+# --omp-passive both tools run with OMP_WAIT_POLICY=PASSIVE so the comparison measures the
+# merges rather than the scheduler.
+EXTRA_ENV: dict[str, str] = {}
 TARGETS = {"linear": (2, 2), "slerp": (2, 2), "ties": (5, 4)}  # (min speedup, min memory ratio)
 
 
@@ -85,7 +90,8 @@ def configs(inputs: dict[str, Path]) -> dict[str, dict]:
 
 def run_measured(command: list[str], out_dir: Path) -> tuple[float, float]:
     """Wall seconds and peak RSS (MB) of one child process; the output is removed after."""
-    env = {**os.environ, "PYTHONPATH": str(REPO), "TOKENIZERS_PARALLELISM": "false", "HF_HUB_OFFLINE": "1"}
+    env = {**os.environ, "PYTHONPATH": str(REPO), "TOKENIZERS_PARALLELISM": "false", "HF_HUB_OFFLINE": "1",
+           **EXTRA_ENV}
     start = time.perf_counter()
     process = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     _, status, usage = os.wait4(process.pid, 0)
@@ -120,7 +126,11 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=1, help="Runs per tool and method (median shown).")
     parser.add_argument("--work-dir", type=Path, default=None, help="Where inputs go (default: a temp dir).")
     parser.add_argument("--methods", default="linear,slerp,ties")
+    parser.add_argument("--omp-passive", action="store_true",
+                        help="Run both tools with OMP_WAIT_POLICY=PASSIVE (for a busy shared machine).")
     args = parser.parse_args()
+    if args.omp_passive:
+        EXTRA_ENV["OMP_WAIT_POLICY"] = "PASSIVE"
 
     work = Path(args.work_dir or tempfile.mkdtemp(prefix="bench-merge-"))
     work.mkdir(parents=True, exist_ok=True)
@@ -153,7 +163,8 @@ def main() -> None:
                            for tool, rs in runs.items()}
 
     print(f"\nSmolLM2-135M fp32 ({Checkpoint(args.model).total_bytes / 1e6:.0f} MB per model), "
-          f"{os.cpu_count()} CPUs, median of {args.repeats}")
+          f"{os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.1f}, median of {args.repeats}"
+          f"{', OMP_WAIT_POLICY=PASSIVE for both' if args.omp_passive else ''}")
     print(f"{'method':8s} {'mergekit s':>10s} {'workbench s':>11s} {'speedup':>8s} {'mergekit MB':>11s} "
           f"{'workbench MB':>12s} {'mem ratio':>9s}  target")
     for method, r in results.items():
