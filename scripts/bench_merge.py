@@ -88,8 +88,9 @@ def configs(inputs: dict[str, Path]) -> dict[str, dict]:
     }
 
 
-def run_measured(command: list[str], out_dir: Path) -> tuple[float, float]:
-    """Wall seconds and peak RSS (MB) of one child process; the output is removed after."""
+def run_measured(command: list[str], out_dir: Path) -> tuple[float, float, float]:
+    """Wall seconds, peak RSS (MB) and CPU seconds (user + system) of one child process;
+    the output is removed after."""
     env = {**os.environ, "PYTHONPATH": str(REPO), "TOKENIZERS_PARALLELISM": "false", "HF_HUB_OFFLINE": "1",
            **EXTRA_ENV}
     start = time.perf_counter()
@@ -102,7 +103,7 @@ def run_measured(command: list[str], out_dir: Path) -> tuple[float, float]:
     if process.returncode != 0:
         raise SystemExit(f"{' '.join(command)} failed ({process.returncode}):\n{stderr[-2000:]}")
     shutil.rmtree(out_dir, ignore_errors=True)
-    return seconds, usage.ru_maxrss / 1024
+    return seconds, usage.ru_maxrss / 1024, usage.ru_utime + usage.ru_stime
 
 
 def commands(config_file: Path, out_dir: Path) -> dict[str, list[str]]:
@@ -158,22 +159,23 @@ def main() -> None:
             for tool in order:
                 out_dir = work / f"out-{tool}"
                 runs[tool].append(run_measured(commands(config_file, out_dir)[tool], out_dir))
-                print(f"  {method:7s} {tool:9s} {runs[tool][-1][0]:6.1f} s {runs[tool][-1][1]:7.0f} MB", flush=True)
-        results[method] = {tool: (statistics.median(r[0] for r in rs), statistics.median(r[1] for r in rs))
+                wall, rss, cpu = runs[tool][-1]
+                print(f"  {method:7s} {tool:9s} {wall:6.1f} s {rss:7.0f} MB {cpu:6.1f} CPU s", flush=True)
+        results[method] = {tool: tuple(statistics.median(r[i] for r in rs) for i in range(3))
                            for tool, rs in runs.items()}
 
     print(f"\nSmolLM2-135M fp32 ({Checkpoint(args.model).total_bytes / 1e6:.0f} MB per model), "
           f"{os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.1f}, median of {args.repeats}"
           f"{', OMP_WAIT_POLICY=PASSIVE for both' if args.omp_passive else ''}")
-    print(f"{'method':8s} {'mergekit s':>10s} {'workbench s':>11s} {'speedup':>8s} {'mergekit MB':>11s} "
-          f"{'workbench MB':>12s} {'mem ratio':>9s}  target")
+    print(f"{'method':8s} {'mergekit s':>10s} {'workbench s':>11s} {'speedup':>8s} {'CPU speedup':>11s} "
+          f"{'mergekit MB':>11s} {'workbench MB':>12s} {'mem ratio':>9s}  target (wall, memory)")
     for method, r in results.items():
-        (mk_s, mk_mb), (wb_s, wb_mb) = r["mergekit"], r["workbench"]
+        (mk_s, mk_mb, mk_cpu), (wb_s, wb_mb, wb_cpu) = r["mergekit"], r["workbench"]
         speed, memory = mk_s / wb_s, mk_mb / wb_mb
         want_speed, want_memory = TARGETS[method]
         verdict = "met" if speed >= want_speed and memory >= want_memory else "MISSED"
-        print(f"{method:8s} {mk_s:10.1f} {wb_s:11.1f} {speed:7.1f}x {mk_mb:11.0f} {wb_mb:12.0f} {memory:8.1f}x  "
-              f">={want_speed}x, >={want_memory}x: {verdict}")
+        print(f"{method:8s} {mk_s:10.1f} {wb_s:11.1f} {speed:7.1f}x {mk_cpu / wb_cpu:10.1f}x "
+              f"{mk_mb:11.0f} {wb_mb:12.0f} {memory:8.1f}x  >={want_speed}x, >={want_memory}x: {verdict}")
 
     print("\nworkbench merge, 30 vs 60 layers (60 = the 30 repeated)")
     print(f"{'method':8s} {'30L s':>7s} {'60L s':>7s} {'30L MB':>8s} {'60L MB':>8s} {'RSS change':>10s}")
@@ -182,8 +184,8 @@ def main() -> None:
         config_file = work / f"{method}-60.yml"
         config_file.write_text(yaml.safe_dump(deep_configs[method], sort_keys=False))
         out_dir = work / "out-deep"
-        seconds, megabytes = run_measured(commands(config_file, out_dir)["workbench"], out_dir)
-        shallow_s, shallow_mb = results[method]["workbench"]
+        seconds, megabytes, _ = run_measured(commands(config_file, out_dir)["workbench"], out_dir)
+        shallow_s, shallow_mb, _ = results[method]["workbench"]
         print(f"{method:8s} {shallow_s:7.1f} {seconds:7.1f} {shallow_mb:8.0f} {megabytes:8.0f} "
               f"{(megabytes - shallow_mb) / shallow_mb:+9.0%}")
     if not args.work_dir:
