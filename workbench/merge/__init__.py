@@ -37,8 +37,8 @@ def run(config: dict | str | os.PathLike, out_dir: str | os.PathLike, *, backend
     blockers = merge_config.native_blockers()
     if backend == "native" and blockers:
         raise ConfigError(f"--backend native cannot run this config: {blockers[0]}")
-    if backend == "auto" and not blockers and _vocab_sizes_differ(merge_config) \
-            and merge_config.tokenizer_source is not None:
+    if backend == "auto" and not blockers and merge_config.tokenizer_source is not None \
+            and _vocab_sizes_differ(merge_config):
         blockers = ["different vocabularies need mergekit's tokenizer alignment"]
     lineage_inputs = _lineage_inputs(merge_config)
     if backend == "mergekit" or blockers:

@@ -175,10 +175,11 @@ def run_native(plan: MergePlan, out_dir: Path, *, overwrite: bool, progress: boo
                 merged = merge_tensor(plan, job, inputs, release)
                 writer.write(job.name, merged.reshape(job.shape))
                 del inputs, merged
-            out_dtype = plan.jobs[0].out_dtype if plan.jobs else None
-            return finish_checkpoint(writer, plan.config, backend="native", config_from=plan.checkpoints[
-                plan.base_index or 0].config, dtype_name=str(out_dtype).removeprefix("torch."),
-                lineage_inputs=lineage_inputs)
+            floating = [j.out_dtype for j in plan.jobs if j.out_dtype.is_floating_point]
+            dtype_name = str(floating[0]).removeprefix("torch.") if floating else None
+            return finish_checkpoint(writer, plan.config, backend="native",
+                                     config_from=plan.checkpoints[plan.base_index or 0].config,
+                                     dtype_name=dtype_name, lineage_inputs=lineage_inputs)
     finally:
         for m in mapped:
             m.close()
