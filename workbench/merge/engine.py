@@ -55,7 +55,7 @@ def open_inputs(config: MergeConfig, checkpoint_of: Callable[[ModelEntry], Check
     entries = config.inputs()
     checkpoints = [checkpoint_of(e) for e in entries]
     base_index = next((i for i, e in enumerate(entries) if e.ref == config.base_model), None)
-    check_compatible(entries, checkpoints, config)
+    check_compatible(entries, checkpoints)
     first = checkpoints[0]
     layers = first.num_layers or 0
     jobs = []
@@ -78,7 +78,8 @@ def open_inputs(config: MergeConfig, checkpoint_of: Callable[[ModelEntry], Check
     return MergePlan(config, entries, checkpoints, base_index, jobs)
 
 
-def check_compatible(entries: list[ModelEntry], checkpoints: list[Checkpoint], config: MergeConfig) -> None:
+def check_compatible(entries: list[ModelEntry], checkpoints: list[Checkpoint]) -> None:
+    """Same architecture, vocab size, depth, tensor names and shapes, from headers alone."""
     first, first_label = checkpoints[0], str(entries[0].ref)
     for entry, ckpt in zip(entries[1:], checkpoints[1:]):
         label = str(entry.ref)
