@@ -188,9 +188,9 @@ def parse_yaml(text: str, source: str) -> dict:
         data = yaml.safe_load(text)
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
-        where = f" line {mark.line + 1}, column {mark.column + 1}:" if mark is not None else ""
         problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
-        raise ConfigError(f"{source}: YAML does not parse ({where} {problem})".replace("( ", "(")) from None
+        detail = f"line {mark.line + 1}, column {mark.column + 1}: {problem}" if mark is not None else problem
+        raise ConfigError(f"{source}: YAML does not parse ({detail})") from None
     if not isinstance(data, dict):
         raise ConfigError(f"{source}: expected a mapping with merge_method and models at the top")
     return data
