@@ -101,3 +101,27 @@ def test_cli_merges_with_summary_line(models, tmp_path):
     again = run_workbench("merge", config_file, tmp_path / "out", "--overwrite")
     assert again.returncode == 0, again.stderr
     assert Checkpoint(tmp_path / "out").lineage["parameters"]["method"] == "slerp"
+
+
+@pytest.mark.parametrize("setting", [
+    0.3, [0.0, 1.0], [1, 0.2, 0.7], [0.5, 0.5, 0.1, 0.9, 0.0],
+    [{"filter": "self_attn", "value": [0, 1]}, {"filter": "mlp", "value": 0.2}, {"value": [1, 0.4]}],
+    [{"filter": "q_proj", "value": 0.9}], {"filter": "*", "value": [0.1, 0.6]},
+])
+def test_parameter_resolution_matches_mergekit(setting):
+    """Gradients across layers and first-match filters resolve exactly as mergekit's own code."""
+    from mergekit.config import ConditionalParameter, evaluate_setting as mergekit_evaluate
+
+    from workbench.merge.config import evaluate_setting
+
+    def as_mergekit(value):
+        if isinstance(value, dict):
+            return ConditionalParameter(**value)
+        if isinstance(value, list) and value and isinstance(value[0], dict):
+            return [ConditionalParameter(**v) for v in value]
+        return value
+
+    for name in ("model.layers.3.self_attn.q_proj.weight", "model.layers.0.mlp.up_proj.weight", "model.norm.weight"):
+        for t in (0.0, 1 / 3, 0.5, 0.8, 1.0):
+            expected = mergekit_evaluate(name, as_mergekit(setting), t, validate=float)
+            assert evaluate_setting(setting, name, t) == expected, (name, t)

@@ -129,3 +129,23 @@ def test_native_backend_refuses_other_methods(inputs, tmp_path, capsys):
     with pytest.raises(SystemExit):
         main(["merge", str(config_file), str(tmp_path / "out"), "--backend", "native"])
     assert "merge_method 'dare_ties' is not native" in capsys.readouterr().err
+
+
+def test_mergekit_methods_get_the_same_header_checks(inputs, tmp_path, no_tensor_reads):
+    from workbench import merge
+    from workbench.errors import CheckpointError
+
+    config = {**ties(inputs, "a", "narrow"), "merge_method": "dare_ties"}
+    with pytest.raises(CheckpointError, match="has shape"):
+        merge.run(config, tmp_path / "out")
+    assert not (tmp_path / "out").exists()
+
+
+def test_unknown_parameter_of_a_mergekit_method(inputs, tmp_path):
+    from workbench import merge
+    from workbench.errors import ConfigError
+
+    config = {**ties(inputs, "a", "b"), "merge_method": "dare_ties", "parameters": {"densty": 0.5, "weight": 1}}
+    with pytest.raises(ConfigError, match="unknown parameter 'densty' for dare_ties .did you mean 'density'"):
+        merge.run(config, tmp_path / "out")
+    assert not (tmp_path / "out").exists()

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import mmap
 import os
 import shutil
 import uuid
@@ -46,6 +45,7 @@ SUPPORT_FILES = (
     "generation_config.json",
 )
 DEFAULT_MAX_SHARD_BYTES = 5 * 1024**3
+FINGERPRINT_BLOCK_BYTES = 8 * 1024**2
 DTYPE_NAMES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 # Keys that describe how a config was written rather than what the model is (the
 # tensor dtypes are hashed with the tensors themselves).
@@ -222,27 +222,33 @@ class Checkpoint:
 
 def compute_fingerprint(ckpt: Checkpoint) -> str:
     """blake2b over the config (minus volatile keys) and every tensor's name, dtype, shape
-    and bytes, in name order; independent of how the tensors are split into shards."""
+    and bytes, in name order; independent of how the tensors are split into shards.
+
+    Bytes are read in blocks into one reusable buffer rather than through a memory map, so
+    hashing a multi-GB checkpoint does not leave the whole file resident in this process."""
     digest = hashlib.blake2b(digest_size=16)
     config = {k: v for k, v in ckpt.config.items() if k not in VOLATILE_CONFIG_KEYS}
     digest.update(json.dumps(config, sort_keys=True).encode())
-    maps: dict[Path, mmap.mmap] = {}
-    files = []
+    block = bytearray(FINGERPRINT_BLOCK_BYTES)
+    view = memoryview(block)
+    files: dict[Path, object] = {}
     try:
         for name in sorted(ckpt.tensors):
             info = ckpt.tensors[name]
             digest.update(f"{name}|{info.dtype}|{info.shape}".encode())
-            if info.nbytes == 0:
-                continue
-            if info.file not in maps:
-                f = open(info.file, "rb")
-                files.append(f)
-                maps[info.file] = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
-            digest.update(memoryview(maps[info.file])[info.start : info.end])
+            if info.file not in files:
+                files[info.file] = open(info.file, "rb", buffering=0)
+            f = files[info.file]
+            f.seek(info.start)
+            remaining = info.nbytes
+            while remaining:
+                got = f.readinto(view[: min(remaining, len(block))])
+                if not got:
+                    raise CheckpointError(f"{info.file}: truncated while reading tensor '{name}'")
+                digest.update(view[:got])
+                remaining -= got
     finally:
-        for m in maps.values():
-            m.close()
-        for f in files:
+        for f in files.values():
             f.close()
     return digest.hexdigest()
 

@@ -37,25 +37,28 @@ def run(config: dict | str | os.PathLike, out_dir: str | os.PathLike, *, backend
     blockers = merge_config.native_blockers()
     if backend == "native" and blockers:
         raise ConfigError(f"--backend native cannot run this config: {blockers[0]}")
-    if backend == "auto" and not blockers and _vocab_sizes_differ(merge_config) \
-            and merge_config.tokenizer_source is not None:
+    if backend == "auto" and not blockers and merge_config.tokenizer_source is not None \
+            and _vocab_sizes_differ(merge_config):
         blockers = ["different vocabularies need mergekit's tokenizer alignment"]
-    lineage_inputs = _lineage_inputs(merge_config)
     if backend == "mergekit" or blockers:
-        from workbench.merge.mergekit_backend import run_mergekit
+        from workbench.merge.engine import check_compatible
+        from workbench.merge.mergekit_backend import check_parameters, run_mergekit
 
+        check_parameters(merge_config)
+        if merge_config.models and merge_config.tokenizer_source is None:
+            entries = merge_config.inputs()
+            check_compatible(entries, [Checkpoint(e.ref.path) for e in entries])
         return run_mergekit(merge_config, out_dir, overwrite=overwrite, progress=progress,
-                            lineage_inputs=lineage_inputs)
-    return _run_native(merge_config, out_dir, overwrite=overwrite, progress=progress,
-                       lineage_inputs=lineage_inputs)
+                            lineage_inputs=_lineage_inputs(merge_config))
+    return _run_native(merge_config, out_dir, overwrite=overwrite, progress=progress)
 
 
-def _run_native(config: MergeConfig, out_dir: Path, *, overwrite: bool, progress: bool,
-                lineage_inputs: dict) -> Checkpoint:
+def _run_native(config: MergeConfig, out_dir: Path, *, overwrite: bool, progress: bool) -> Checkpoint:
     from workbench.merge.engine import open_inputs, run_native
 
     # Header-only checks first, against a LoRA's base: adapters are merged only after.
     plan = open_inputs(config, lambda entry: Checkpoint(entry.ref.path))
+    lineage_inputs = _lineage_inputs(config)  # fingerprints may hash inputs: only once they are valid
     if all(entry.ref.lora is None for entry in plan.entries):
         return run_native(plan, out_dir, overwrite=overwrite, progress=progress, lineage_inputs=lineage_inputs)
     from workbench.merge.lora import merge_adapter

@@ -36,20 +36,24 @@ class ParameterSpec:
     low_open: bool = False  # density is in (0, 1]
 
     def check(self, value: Any, where: str) -> Any:
-        """Validate one scalar the way mergekit's pydantic types do (numbers for floats,
-        booleans for bools) and check the range."""
+        """One scalar as mergekit's pydantic types accept it (numbers, or numeric strings such
+        as YAML's unquoted 1e-3, for floats; booleans for bools), range-checked."""
         if self.kind is bool:
             if not isinstance(value, bool):
                 raise ConfigError(f"{where}: '{self.name}' must be true or false, got {value!r}")
             return value
-        if isinstance(value, bool) or not isinstance(value, (int, float)):
-            raise ConfigError(f"{where}: '{self.name}' must be a number, got {value!r}")
-        value = float(value)
+        try:
+            if isinstance(value, bool):
+                raise ValueError
+            value = float(value)
+        except (TypeError, ValueError):
+            raise ConfigError(f"{where}: '{self.name}' must be a number, got {value!r}") from None
         if not math.isfinite(value):
             raise ConfigError(f"{where}: '{self.name}' must be finite, got {value!r}")
-        below = value <= self.low if self.low_open else value < self.low if self.low is not None else False
-        above = self.high is not None and value > self.high
-        if below or above:
+        if self.low is None or self.high is None:
+            return value
+        below = value <= self.low if self.low_open else value < self.low
+        if below or value > self.high:
             interval = f"{'(' if self.low_open else '['}{self.low:g}, {self.high:g}]"
             raise ConfigError(f"{where}: '{self.name}' must be in {interval}, got {value:g}")
         return value
@@ -184,9 +188,9 @@ def parse_yaml(text: str, source: str) -> dict:
         data = yaml.safe_load(text)
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
-        where = f" line {mark.line + 1}, column {mark.column + 1}:" if mark is not None else ""
         problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
-        raise ConfigError(f"{source}: YAML does not parse ({where} {problem})".replace("( ", "(")) from None
+        detail = f"line {mark.line + 1}, column {mark.column + 1}: {problem}" if mark is not None else problem
+        raise ConfigError(f"{source}: YAML does not parse ({detail})") from None
     if not isinstance(data, dict):
         raise ConfigError(f"{source}: expected a mapping with merge_method and models at the top")
     return data
@@ -235,11 +239,12 @@ def validate_config(raw: dict, source: str) -> MergeConfig:
 
 
 def _mapping(value: Any, where: str) -> dict:
+    """A copy, so that normalizing settings leaves the raw config as the user wrote it."""
     if value is None:
         return {}
     if not isinstance(value, dict):
         raise ConfigError(f"{where}: expected a mapping of parameter names to values")
-    return value
+    return dict(value)
 
 
 def _validate_native(config: MergeConfig) -> None:
@@ -252,8 +257,7 @@ def _validate_native(config: MergeConfig) -> None:
             if key not in names:
                 raise ConfigError(f"{config.source}: {where}: unknown parameter '{key}' for {spec.name}"
                                   f"{did_you_mean(str(key), names)} (known: {', '.join(names)})")
-            for value in setting_leaves(setting, f"{config.source}: {where}.{key}"):
-                spec.parameter(key).check(value, f"{config.source}: {where}.{key}")
+            settings[key] = normalize_setting(setting, spec.parameter(key), f"{config.source}: {where}.{key}")
     inputs = config.inputs()
     if spec.needs_base and config.base_model is None:
         raise ConfigError(f"{config.source}: {spec.name} needs a base_model (the model the others are "
@@ -263,24 +267,25 @@ def _validate_native(config: MergeConfig) -> None:
                           f"got {len(inputs)}")
 
 
-def setting_leaves(setting: Any, where: str) -> list:
-    """Every scalar a setting can produce (gradient points, filtered values)."""
+def normalize_setting(setting: Any, param: ParameterSpec, where: str) -> Any:
+    """A setting checked and with every scalar converted (numbers to float): a scalar, a
+    list of scalars (a layer gradient), or a list of {filter, value} entries."""
     if isinstance(setting, dict):
         setting = [setting]
     if isinstance(setting, (bool, int, float, str)):
-        return [setting]
+        return param.check(setting, where)
     if isinstance(setting, list) and setting:
         if all(isinstance(e, (bool, int, float, str)) for e in setting):
-            return setting
-        leaves = []
+            return [param.check(e, where) for e in setting]
+        entries = []
         for cond in setting:
             if not isinstance(cond, dict) or "value" not in cond or set(cond) - {"filter", "value"}:
-                raise ConfigError(f"{where}: expected numbers (a layer gradient) or "
-                                  "{filter, value} entries, got {cond!r}".replace("{cond!r}", repr(cond)))
+                raise ConfigError(f"{where}: expected numbers (a layer gradient) or {{filter, value}} "
+                                  f"entries, got {cond!r}")
             if isinstance(cond["value"], (dict, type(None))):
                 raise ConfigError(f"{where}: a filter's value must be a number or a list of numbers")
-            leaves += setting_leaves(cond["value"], where)
-        return leaves
+            entries.append({"filter": cond.get("filter"), "value": normalize_setting(cond["value"], param, where)})
+        return entries
     raise ConfigError(f"{where}: expected a number, a list of numbers or {{filter, value}} entries, "
                       f"got {setting!r}")
 

@@ -55,7 +55,7 @@ def open_inputs(config: MergeConfig, checkpoint_of: Callable[[ModelEntry], Check
     entries = config.inputs()
     checkpoints = [checkpoint_of(e) for e in entries]
     base_index = next((i for i, e in enumerate(entries) if e.ref == config.base_model), None)
-    check_compatible(entries, checkpoints, config)
+    check_compatible(entries, checkpoints)
     first = checkpoints[0]
     layers = first.num_layers or 0
     jobs = []
@@ -78,7 +78,8 @@ def open_inputs(config: MergeConfig, checkpoint_of: Callable[[ModelEntry], Check
     return MergePlan(config, entries, checkpoints, base_index, jobs)
 
 
-def check_compatible(entries: list[ModelEntry], checkpoints: list[Checkpoint], config: MergeConfig) -> None:
+def check_compatible(entries: list[ModelEntry], checkpoints: list[Checkpoint]) -> None:
+    """Same architecture, vocab size, depth, tensor names and shapes, from headers alone."""
     first, first_label = checkpoints[0], str(entries[0].ref)
     for entry, ckpt in zip(entries[1:], checkpoints[1:]):
         label = str(entry.ref)
@@ -175,10 +176,11 @@ def run_native(plan: MergePlan, out_dir: Path, *, overwrite: bool, progress: boo
                 merged = merge_tensor(plan, job, inputs, release)
                 writer.write(job.name, merged.reshape(job.shape))
                 del inputs, merged
-            out_dtype = plan.jobs[0].out_dtype if plan.jobs else None
-            return finish_checkpoint(writer, plan.config, backend="native", config_from=plan.checkpoints[
-                plan.base_index or 0].config, dtype_name=str(out_dtype).removeprefix("torch."),
-                lineage_inputs=lineage_inputs)
+            floating = [j.out_dtype for j in plan.jobs if j.out_dtype.is_floating_point]
+            dtype_name = str(floating[0]).removeprefix("torch.") if floating else None
+            return finish_checkpoint(writer, plan.config, backend="native",
+                                     config_from=plan.checkpoints[plan.base_index or 0].config,
+                                     dtype_name=dtype_name, lineage_inputs=lineage_inputs)
     finally:
         for m in mapped:
             m.close()

@@ -37,11 +37,12 @@ def check_parameters(config: MergeConfig) -> None:
 
 def run_mergekit(config: MergeConfig, out_dir: Path, *, overwrite: bool, progress: bool,
                  lineage_inputs: dict) -> Checkpoint:
+    """mergekit's run_merge into a scratch directory, then committed like a native merge
+    (callers check the config first: ``check_parameters`` and the header checks)."""
     from mergekit.config import MergeConfiguration
     from mergekit.merge import run_merge
     from mergekit.options import MergeOptions
 
-    check_parameters(config)
     try:
         merge_config = MergeConfiguration.model_validate(config.raw)
     except Exception as exc:  # pydantic's ValidationError: a user error in the YAML
