@@ -92,3 +92,11 @@ def test_few_examples_warn(tmp_path):
     path = write_lines(tmp_path / "few.jsonl", [chat("a", "b")] * 3)
     with pytest.warns(DataWarning, match="only 3 examples"):
         assert len(load_conversations(path)) == 3
+
+
+def test_a_long_list_of_problems_is_cut_with_a_count(tmp_path):
+    path = write_lines(tmp_path / "bad.jsonl", ["not json"] * 60)
+    with pytest.raises(DataError) as info:
+        load_conversations(path)
+    lines = str(info.value).splitlines()
+    assert len(lines) == 51 and lines[-1] == "... and 10 more problems"

@@ -72,3 +72,8 @@ def test_bad_options_and_nothing_left(tmp_path, tokenizer):
         prepare_datasets(path, tokenizer, 64, val_split=1.0)
     with pytest.raises(DataError, match="no training example left"):
         prepare_datasets(path, tokenizer, 10, val_split=0, truncation="drop")
+    without_template = make_tokenizer("chatml")
+    without_template.chat_template = None
+    with pytest.raises(DataError) as info:
+        prepare_datasets(path, without_template, 64)
+    assert str(info.value).count("\n") == 0 and "no chat template" in str(info.value)

@@ -83,7 +83,7 @@ def load_conversations(path: str | os.PathLike) -> list[Conversation]:
     if not conversations and not problems:
         problems.append(f"{path}: empty file, expected one JSON object per line")
     if problems:
-        raise DataError(_join_problems(problems))
+        raise DataError(join_problems(problems))
     if len(conversations) < MIN_EXAMPLES:
         warnings.warn(f"{path}: only {len(conversations)} examples (fewer than {MIN_EXAMPLES}); "
                       "training on so few rarely generalizes", DataWarning, stacklevel=2)
@@ -94,7 +94,8 @@ class _LineProblem(Exception):
     """What is wrong with one line (the caller adds file:line)."""
 
 
-def _join_problems(problems: list[str]) -> str:
+def join_problems(problems: list[str]) -> str:
+    """One line per problem, cut after MAX_REPORTED_PROBLEMS so the message stays readable."""
     shown = problems[:MAX_REPORTED_PROBLEMS]
     if len(problems) > len(shown):
         shown.append(f"... and {len(problems) - len(shown)} more problems")

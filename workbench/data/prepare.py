@@ -12,8 +12,13 @@ import statistics
 from dataclasses import asdict, dataclass
 
 from workbench.data.batching import epoch_order
-from workbench.data.loading import Conversation, load_conversations
-from workbench.data.tokenize import TokenizedExample, tokenize_conversation, truncate_example
+from workbench.data.loading import Conversation, join_problems, load_conversations
+from workbench.data.tokenize import (
+    TokenizedExample,
+    require_chat_template,
+    tokenize_conversation,
+    truncate_example,
+)
 from workbench.errors import ConfigError, DataError
 
 TRUNCATION_MODES = ("truncate", "drop")
@@ -115,6 +120,7 @@ def prepare_datasets(train_path: str | os.PathLike, tokenizer, max_length: int |
 
 def _tokenize_all(tokenizer, conversations: list[Conversation]) -> list[TokenizedExample]:
     """Every conversation tokenized; every example that fails is reported in one DataError."""
+    require_chat_template(tokenizer)
     examples, problems = [], []
     for conversation in conversations:
         try:
@@ -122,7 +128,7 @@ def _tokenize_all(tokenizer, conversations: list[Conversation]) -> list[Tokenize
         except DataError as exc:
             problems.append(str(exc))
     if problems:
-        raise DataError("\n".join(problems))
+        raise DataError(join_problems(problems))
     return examples
 
 

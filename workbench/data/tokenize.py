@@ -83,13 +83,17 @@ def _render_and_mask(tokenizer, conversation: Conversation) -> TokenizedExample:
     return TokenizedExample(input_ids, labels, conversation.source)
 
 
+def require_chat_template(tokenizer) -> None:
+    if not getattr(tokenizer, "chat_template", None):
+        raise DataError("the tokenizer has no chat template, so chat data cannot be rendered "
+                        "(add one to tokenizer_config.json or chat_template.jinja)")
+
+
 class _Encoder:
     """Chat-template rendering plus tokenization, with template errors turned into DataErrors."""
 
     def __init__(self, tokenizer, source: str):
-        if not getattr(tokenizer, "chat_template", None):
-            raise DataError("the tokenizer has no chat template, so chat data cannot be rendered "
-                            "(add one to tokenizer_config.json or chat_template.jinja)")
+        require_chat_template(tokenizer)
         self.tokenizer = tokenizer
         self.source = source
 

@@ -1,0 +1,27 @@
+"""The shipped demo datasets are exactly what their seeded generator writes, and valid as training data."""
+
+import subprocess
+import sys
+from pathlib import Path
+
+from workbench.data import deduplicate, load_conversations
+
+DATA = Path(__file__).resolve().parent.parent / "recipes" / "data"
+TASKS = ("dates", "records")
+
+
+def test_generator_reproduces_the_shipped_files(tmp_path):
+    subprocess.run([sys.executable, str(DATA / "make_datasets.py"), "--out", str(tmp_path)], check=True,
+                   capture_output=True)
+    for task in TASKS:
+        for split in ("train", "valid"):
+            assert (tmp_path / task / f"{split}.jsonl").read_bytes() == (DATA / task / f"{split}.jsonl").read_bytes()
+
+
+def test_shipped_sets_are_valid_unique_and_disjoint():
+    for task in TASKS:
+        train = load_conversations(DATA / task / "train.jsonl")
+        valid = load_conversations(DATA / task / "valid.jsonl")
+        assert deduplicate(train)[1] == 0 and deduplicate(valid)[1] == 0
+        prompts = {c.messages[0].content for c in train}
+        assert not prompts & {c.messages[0].content for c in valid}
