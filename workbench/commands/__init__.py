@@ -1,6 +1,8 @@
 """Every CLI command, one module per area; cli.py registers the list below."""
 
 from workbench.commands.checkpoints import generate, import_group, inspect
+from workbench.commands.data import data_group
 from workbench.commands.distill import student
+from workbench.commands.sft import sft
 
-COMMANDS = [import_group, inspect, generate, student]
+COMMANDS = [import_group, inspect, generate, data_group, sft, student]
