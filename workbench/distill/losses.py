@@ -182,26 +182,31 @@ def _teacher_chunk(teacher, start: int, end: int):
 def _chunk(logits: torch.Tensor, teacher, targets: torch.Tensor, spec: LossSpec, want_grad: bool):
     """Loss sum, [kd, ce, correct, agree] sums and d(loss)/d(logits) of one chunk of tokens.
 
-    ``logits`` are the student's fp32 logits [C, V_s] over its whole vocab; to keep the number
-    of [C x V] buffers small they are overwritten (with log-probabilities, then the gradient),
-    and so is the teacher's [C x V] buffer.
+    ``logits`` are the student's fp32 logits [C, V_s] over its whole vocab. Every [C x V]
+    buffer is freed or reused as soon as possible: their number sets the peak memory.
     """
     temperature, alpha = spec.temperature, spec.alpha
+    rows = torch.arange(len(targets), device=logits.device)
     if isinstance(teacher, DenseTeacher):
         shared = teacher.weight.shape[0]
-        teacher_logp = teacher.hidden.float() @ teacher.weight.T
-        teacher_top1 = teacher_logp.argmax(dim=1)
-        _log_softmax_(teacher_logp, temperature)
+        teacher_logits = teacher.hidden.float() @ teacher.weight.T
+        teacher_top1 = teacher_logits.max(dim=1).indices
+        teacher_logp = torch.log_softmax(_scaled_(teacher_logits, temperature), dim=1)
+        del teacher_logits
     else:
         shared = logits.shape[1]
         teacher_top1 = teacher.ids[:, 0]
-    rows = torch.arange(len(targets), device=logits.device)
-    student_top1 = logits[:, :shared].argmax(dim=1)
-    full_lse = logits.logsumexp(dim=1)
-    ce_rows = full_lse - logits[rows, targets]  # cross-entropy at temperature 1, whole vocab
-
-    student_logp = logits[:, :shared]  # a view: log q at the temperature, in place
-    shared_lse = _log_softmax_(student_logp, temperature)
+    whole_vocab = shared == logits.shape[1]
+    student_top1 = logits[:, :shared].max(dim=1).indices
+    target_logits = logits[rows, targets]
+    if temperature == 1 and whole_vocab:
+        student_logp = torch.log_softmax(logits, dim=1)
+        ce_rows = -student_logp[rows, targets]
+    else:
+        student_logp = torch.log_softmax(logits[:, :shared] / temperature, dim=1)
+        ce_rows = logits.logsumexp(dim=1) - target_logits  # cross-entropy at temperature 1, whole vocab
+    if alpha == 1 and whole_vocab:
+        del logits  # not needed for the gradient
     if isinstance(teacher, DenseTeacher):
         kd_rows, dkd = _dense_divergence(student_logp, teacher_logp, spec.divergence, spec.beta)
     else:
@@ -215,12 +220,12 @@ def _chunk(logits: torch.Tensor, teacher, targets: torch.Tensor, spec: LossSpec,
     if not want_grad:
         return loss.double(), stats, None
     # d/dlogits of T^2 * KD(logits / T) is T * dKD/d(logits / T)
-    if alpha == 1 and shared == logits.shape[1]:
-        return loss.double(), stats, dkd.mul_(temperature)
-    # softmax(logits) from log q: logits = T * (log q + lse(logits / T)) on the shared ids
-    student_logp.mul_(temperature).add_((temperature * shared_lse - full_lse)[:, None])
-    logits[:, shared:].sub_(full_lse[:, None])
-    dlogits = logits.exp_()
+    if alpha == 1 and whole_vocab:
+        return loss.double(), stats, dkd if temperature == 1 else dkd.mul_(temperature)
+    if temperature == 1 and whole_vocab:
+        dlogits = student_logp.exp_()
+    else:
+        dlogits = torch.softmax(logits, dim=1)
     dlogits[rows, targets] -= 1
     dlogits.mul_(1 - alpha)
     if alpha > 0:
@@ -228,18 +233,9 @@ def _chunk(logits: torch.Tensor, teacher, targets: torch.Tensor, spec: LossSpec,
     return loss.double(), stats, dlogits
 
 
-def _log_softmax_(logits: torch.Tensor, temperature: float) -> torch.Tensor:
-    """log_softmax(logits / temperature) in place; returns the per-row log-sum-exp."""
-    if temperature != 1:
-        logits.div_(temperature)
-    lse = logits.logsumexp(dim=1)
-    logits.sub_(lse[:, None])
-    return lse
-
-
-def _rowdot(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-    """sum(x * y, dim=1) without a [rows x vocab] temporary."""
-    return (x.unsqueeze(1) @ y.unsqueeze(2)).view(-1)
+def _scaled_(tensor: torch.Tensor, temperature: float) -> torch.Tensor:
+    """tensor / temperature, in place (and no pass at all for temperature 1)."""
+    return tensor if temperature == 1 else tensor.div_(temperature)
 
 
 def _dense_divergence(student_logp: torch.Tensor, teacher_logp: torch.Tensor, divergence: str,
@@ -251,20 +247,22 @@ def _dense_divergence(student_logp: torch.Tensor, teacher_logp: torch.Tensor, di
     """
     q = student_logp.exp()
     if divergence == "reverse_kl":
-        ratio = teacher_logp.neg_().add_(student_logp)  # g = log q - log p (+1, which cancels)
-        kd = _rowdot(q, ratio)
-        return kd, ratio.sub_(kd[:, None]).mul_(q)
+        # g = log q - log p (+1, which cancels); q * g summed is the KL
+        weighted = torch.sub(student_logp, teacher_logp, out=teacher_logp).mul_(q)
+        kd = weighted.sum(dim=1)
+        return kd, weighted.addcmul_(q, kd[:, None], value=-1)
     p = teacher_logp.exp()
     if divergence == "forward_kl":
-        kd = _rowdot(p, teacher_logp.sub_(student_logp))
+        kd = torch.sub(teacher_logp, student_logp, out=teacher_logp).mul_(p).sum(dim=1)
         return kd, q.sub_(p)  # q * (g - <g, q>) with g = -p / q and <g, q> = -1
     log_mix = torch.logaddexp(student_logp + math.log1p(-beta), teacher_logp + math.log(beta))
-    teacher_term = _rowdot(p, teacher_logp.sub_(log_mix))
+    teacher_term = teacher_logp.sub_(log_mix).mul_(p).sum(dim=1)
     del p
-    student_gap = log_mix.neg_().add_(student_logp)  # g = (1 - beta) * (log q - log m)
-    student_term = _rowdot(q, student_gap)
+    # g = (1 - beta) * (log q - log m)
+    weighted = torch.sub(student_logp, log_mix, out=log_mix).mul_(q)
+    student_term = weighted.sum(dim=1)
     kd = beta * teacher_term + (1 - beta) * student_term
-    return kd, student_gap.sub_(student_term[:, None]).mul_(q).mul_(1 - beta)
+    return kd, weighted.addcmul_(q, student_term[:, None], value=-1).mul_(1 - beta)
 
 
 def _sparse_divergence(student_logp: torch.Tensor, teacher: SparseTeacher, divergence: str,
