@@ -2,7 +2,7 @@
 
 from workbench.commands.checkpoints import generate, import_group, inspect
 from workbench.commands.data import data_group
-from workbench.commands.distill import student
+from workbench.commands.distill import distill, student
 from workbench.commands.sft import sft
 
-COMMANDS = [import_group, inspect, generate, data_group, sft, student]
+COMMANDS = [import_group, inspect, generate, data_group, sft, student, distill]

@@ -85,11 +85,13 @@ class DenseTeacher(NamedTuple):
 class SparseTeacher(NamedTuple):
     """A cached teacher at the loss temperature: per token the top-k ids [N, k] (int64), their
     log-probabilities [N, k] and the log of the probability of all other ids [N] (-inf when
-    the top-k hold everything)."""
+    the top-k hold everything); ``vocab`` is the number of ids its softmax ran over (None:
+    the student's)."""
 
     ids: torch.Tensor
     logprobs: torch.Tensor
     rest_logprob: torch.Tensor
+    vocab: int | None = None
 
 
 class DistillStats(NamedTuple):
@@ -112,43 +114,22 @@ def distill_loss(student_hidden: torch.Tensor, student_weight: torch.Tensor,
     teacher holds rows for the supervised tokens only, in order. Gradients reach
     ``student_hidden`` and ``student_weight`` when they require them.
     """
-    loss, stats = _ChunkedDistill.apply(student_hidden, student_weight, labels, teacher, spec)
+    if torch.is_grad_enabled() and (student_hidden.requires_grad or student_weight.requires_grad):
+        loss, stats = _ChunkedDistill.apply(student_hidden, student_weight, labels, teacher, spec)
+    else:
+        loss, stats, _, _ = _chunked(student_hidden, student_weight, labels, teacher, spec, False, False)
     kd, ce, correct, agree, tokens = stats.tolist()
     return loss, DistillStats(kd, ce, correct, agree, int(tokens))
 
 
 class _ChunkedDistill(torch.autograd.Function):
+    """Loss and statistics in forward, with the gradients computed there too (per chunk)."""
+
     @staticmethod
     def forward(ctx, hidden, weight, labels, teacher, spec):
-        keep = labels != IGNORE_INDEX
-        rows = keep.nonzero().squeeze(1)
-        want_hidden_grad, want_weight_grad = ctx.needs_input_grad[0], ctx.needs_input_grad[1]
-        with torch.autocast(hidden.device.type, enabled=False):
-            h = hidden.index_select(0, rows).float()
-            w = weight.float()
-            targets = labels.index_select(0, rows)
-            teacher = _prepare_teacher(teacher, rows, vocab=w.shape[0])
-            grad_h = torch.zeros_like(h) if want_hidden_grad else None
-            grad_w = torch.zeros_like(w) if want_weight_grad else None
-            totals = torch.zeros(5, dtype=torch.float64, device=hidden.device)
-            for start in range(0, h.shape[0], spec.chunk_size):
-                end = min(start + spec.chunk_size, h.shape[0])
-                h_chunk = h[start:end]
-                logits = h_chunk @ w.T
-                loss, stats, dlogits = _chunk(logits, _teacher_chunk(teacher, start, end), targets[start:end],
-                                              spec, want_grad=want_hidden_grad or want_weight_grad)
-                totals[0] += loss
-                totals[1:] += stats
-                if grad_h is not None:
-                    grad_h[start:end] = dlogits @ w
-                if grad_w is not None:
-                    grad_w.addmm_(dlogits.T, h_chunk)
-        if grad_h is not None:
-            full = torch.zeros(hidden.shape, dtype=hidden.dtype, device=hidden.device)
-            grad_h = full.index_copy_(0, rows, grad_h.to(hidden.dtype))
-        ctx.save_for_backward(grad_h, None if grad_w is None else grad_w.to(weight.dtype))
-        loss = totals[0].to(torch.float32)
-        stats = torch.cat([totals[1:], totals.new_tensor([float(rows.numel())])])
+        loss, stats, grad_h, grad_w = _chunked(hidden, weight, labels, teacher, spec,
+                                               ctx.needs_input_grad[0], ctx.needs_input_grad[1])
+        ctx.save_for_backward(grad_h, grad_w)
         ctx.mark_non_differentiable(stats)
         return loss, stats
 
@@ -160,6 +141,38 @@ class _ChunkedDistill(torch.autograd.Function):
                 None, None, None)
 
 
+def _chunked(hidden, weight, labels, teacher, spec: LossSpec, want_hidden_grad: bool, want_weight_grad: bool):
+    """Loss, stats [kd, ce, correct, agree, tokens] and, when asked, the gradients of the loss
+    w.r.t. ``hidden`` and ``weight`` (in their dtypes), one chunk of supervised tokens at a time."""
+    rows = (labels != IGNORE_INDEX).nonzero().squeeze(1)
+    with torch.autocast(hidden.device.type, enabled=False):
+        h = hidden.index_select(0, rows).float()
+        w = weight.float()
+        targets = labels.index_select(0, rows)
+        teacher = _prepare_teacher(teacher, rows, vocab=w.shape[0])
+        grad_h = torch.zeros_like(h) if want_hidden_grad else None
+        grad_w = torch.zeros_like(w) if want_weight_grad else None
+        totals = torch.zeros(5, dtype=torch.float64, device=hidden.device)
+        for start in range(0, h.shape[0], spec.chunk_size):
+            end = min(start + spec.chunk_size, h.shape[0])
+            h_chunk = h[start:end]
+            loss, stats, dlogits = _chunk(h_chunk @ w.T, _teacher_chunk(teacher, start, end),
+                                          targets[start:end], spec, want_hidden_grad or want_weight_grad)
+            totals[0] += loss
+            totals[1:] += stats
+            if grad_h is not None:
+                grad_h[start:end] = dlogits @ w
+            if grad_w is not None:
+                grad_w.addmm_(dlogits.T, h_chunk)
+    if grad_h is not None:
+        full = torch.zeros(hidden.shape, dtype=hidden.dtype, device=hidden.device)
+        grad_h = full.index_copy_(0, rows, grad_h.to(hidden.dtype))
+    if grad_w is not None:
+        grad_w = grad_w.to(weight.dtype)
+    stats = torch.cat([totals[1:], totals.new_tensor([float(rows.numel())])])
+    return totals[0].to(torch.float32), stats, grad_h, grad_w
+
+
 def _prepare_teacher(teacher, rows: torch.Tensor, vocab: int):
     """The teacher restricted to the supervised rows and to the ids shared with the student."""
     if isinstance(teacher, DenseTeacher):
@@ -167,6 +180,8 @@ def _prepare_teacher(teacher, rows: torch.Tensor, vocab: int):
         return DenseTeacher(teacher.hidden.index_select(0, rows), teacher.weight[:shared].float())
     if teacher.ids.shape[0] != rows.numel():
         raise ValueError(f"teacher cache has {teacher.ids.shape[0]} rows for {rows.numel()} supervised tokens")
+    if (teacher.vocab or 0) > vocab:
+        raise ConfigError(f"the teacher cache covers {teacher.vocab} ids, the student's lm_head only {vocab}")
     if teacher.ids.numel() and int(teacher.ids.max()) >= vocab:
         raise ConfigError(f"teacher cache holds token id {int(teacher.ids.max())}, "
                           f"outside the student's vocab of {vocab}")
@@ -176,7 +191,8 @@ def _prepare_teacher(teacher, rows: torch.Tensor, vocab: int):
 def _teacher_chunk(teacher, start: int, end: int):
     if isinstance(teacher, DenseTeacher):
         return DenseTeacher(teacher.hidden[start:end], teacher.weight)
-    return SparseTeacher(*(t[start:end] for t in teacher))
+    return SparseTeacher(teacher.ids[start:end], teacher.logprobs[start:end], teacher.rest_logprob[start:end],
+                         teacher.vocab)
 
 
 def _chunk(logits: torch.Tensor, teacher, targets: torch.Tensor, spec: LossSpec, want_grad: bool):
@@ -194,7 +210,7 @@ def _chunk(logits: torch.Tensor, teacher, targets: torch.Tensor, spec: LossSpec,
         teacher_logp = torch.log_softmax(_scaled_(teacher_logits, temperature), dim=1)
         del teacher_logits
     else:
-        shared = logits.shape[1]
+        shared = teacher.vocab or logits.shape[1]
         teacher_top1 = teacher.ids[:, 0]
     whole_vocab = shared == logits.shape[1]
     student_top1 = logits[:, :shared].max(dim=1).indices
