@@ -8,7 +8,7 @@ forward + backward passes after one warm-up. Shapes default to SmolLM2-135M's he
 (hidden 576, vocab 49152, 4096 supervised tokens) and a Llama-3-sized vocab (128256, with
 1024 tokens so that the plain implementation fits in this machine's memory).
 
-    python scripts/bench_distill.py [--case VOCABxTOKENS ...] [--loss reverse_kl] [--chunk-size 1024]
+    python scripts/bench_distill.py [--case VOCABxTOKENS ...] [--loss reverse_kl] [--chunk-size 512]
 """
 
 from __future__ import annotations
@@ -88,7 +88,7 @@ def main() -> None:
     parser.add_argument("--loss", default="reverse_kl")
     parser.add_argument("--temperature", type=float, default=1.0)
     parser.add_argument("--alpha", type=float, default=1.0)
-    parser.add_argument("--chunk-size", type=int, default=1024)
+    parser.add_argument("--chunk-size", type=int, default=512)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--worker", choices=["plain", "chunked"], help=argparse.SUPPRESS)
     parser.add_argument("--worker-case", help=argparse.SUPPRESS)

@@ -63,7 +63,7 @@ def test_output_directory_holding_something_else_is_refused(capsys, tiny_llama, 
     other.mkdir()
     (other / "notes.txt").write_text("mine")
     line = cli_error(capsys, "--model", tiny_llama, "--data", data_file, "--out", other)
-    assert "holds something other than an sft run" in line and "--overwrite" in line
+    assert "holds something other than a training run" in line and "--overwrite" in line
     different = tmp_path / "different"
     different.mkdir()
     (different / "run.json").write_text(json.dumps({"lr": 1.0}))

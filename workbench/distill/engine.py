@@ -21,7 +21,7 @@ from workbench.distill.objective import DistillObjective, check_same_tokenizer
 from workbench.training import setup_distributed, train
 from workbench.training.distributed import barrier
 from workbench.training.events import plot_loss_curve
-from workbench.training.run_dir import check_run_dir, start_run_dir, write_final_model
+from workbench.training.rundir import check_run_dir, start_run_dir, write_final_model
 
 
 def run(config: DistillConfig) -> Checkpoint:
@@ -58,7 +58,7 @@ def run(config: DistillConfig) -> Checkpoint:
                 "teacher_fingerprint": teacher.fingerprint() if teacher else cache.manifest["teacher_fingerprint"],
                 "data_fingerprint": file_fingerprint(config.data),
                 "val_data_fingerprint": file_fingerprint(config.val_data) if config.val_data else None}
-    status = check_run_dir(out, identity, config, run_name="a distillation run")
+    status = check_run_dir(out, identity, resume=config.resume, overwrite=config.overwrite)
     if status == "done":
         return Checkpoint(out)
 
@@ -91,7 +91,7 @@ def run(config: DistillConfig) -> Checkpoint:
         plot_loss_curve(out)
         lineage = make_lineage("distill", parameters=config.run_identity(), inputs=inputs,
                                metrics={**result.metrics, "data": stats.to_dict()})
-        write_final_model(model, out, student, lineage, lora=False)
+        write_final_model(model, out, student, lineage)
     barrier(ctx)
     if ctx.enabled:
         torch.distributed.destroy_process_group()

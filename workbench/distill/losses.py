@@ -53,7 +53,7 @@ class LossSpec:
     beta: float = 0.5
     temperature: float = 1.0
     alpha: float = 1.0
-    chunk_size: int = 1024
+    chunk_size: int = 512
 
     def validate(self) -> None:
         if self.loss not in KD_LOSSES:

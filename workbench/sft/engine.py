@@ -3,28 +3,27 @@
 ``run`` checks everything it can before writing anything (config, base checkpoint, data, LoRA
 targets, the output directory), then trains with the shared loop and writes OUT as a
 checkpoint: merged full weights (``save_model``), plus the peft adapter in OUT/adapter when
-LoRA was used. OUT also holds the run itself: run.json (what defines the run, so re-running
-the same command resumes or returns the finished result), events.jsonl, loss.png and
-checkpoints/.
+LoRA was used. OUT also holds the run itself (see ``workbench.training.rundir``).
 """
 
 from __future__ import annotations
 
 import os
+import shutil
 from functools import partial
 from pathlib import Path
 
 import torch
 
 from workbench.checkpoint import Checkpoint, file_fingerprint, make_lineage
-from workbench.errors import ConfigError
 from workbench.sft.config import SFTConfig
 from workbench.sft.lora import apply_lora
 from workbench.training import causal_lm_objective, setup_distributed, train
-from workbench.training.distributed import Dist, barrier
+from workbench.training.distributed import barrier
 from workbench.training.events import plot_loss_curve
-from workbench.training.run_dir import check_run_dir, start_run_dir, write_final_model
+from workbench.training.rundir import check_run_dir, start_run_dir, write_final_model
 
+ADAPTER_DIR = "adapter"
 
 
 def run(config: SFTConfig) -> Checkpoint:
@@ -38,7 +37,7 @@ def run(config: SFTConfig) -> Checkpoint:
     out = Path(config.out)
     identity = {**config.run_identity(), "model_fingerprint": base.fingerprint(),
                 "data_fingerprint": _fingerprint(config.data), "val_data_fingerprint": _fingerprint(config.val_data)}
-    status = check_run_dir(out, identity, config, run_name="an sft run")
+    status = check_run_dir(out, identity, resume=config.resume, overwrite=config.overwrite)
     if status == "done":
         return Checkpoint(out)
 
@@ -69,7 +68,10 @@ def run(config: SFTConfig) -> Checkpoint:
             "sft", parameters=config.run_identity(),
             inputs={"base": base, "data": config.data, **({"val_data": config.val_data} if config.val_data else {})},
             metrics={**result.metrics, "data": stats.to_dict()})
-        write_final_model(model, out, base, lineage, lora=bool(config.lora_rank))
+        if config.lora_rank:
+            write_adapter(model, out)
+            model = model.merge_and_unload()
+        write_final_model(model, out, base, lineage)
     barrier(ctx)
     if ctx.enabled:
         torch.distributed.destroy_process_group()
@@ -78,3 +80,12 @@ def run(config: SFTConfig) -> Checkpoint:
 
 def _fingerprint(path: str | None) -> str | None:
     return file_fingerprint(path) if path and os.path.isfile(path) else None
+
+
+def write_adapter(model, out: Path) -> None:
+    """The peft adapter as OUT/adapter, written beside it and renamed into place."""
+    tmp = out.parent / f".{out.name}.adapter-{os.getpid()}"
+    shutil.rmtree(tmp, ignore_errors=True)
+    model.save_pretrained(str(tmp))
+    shutil.rmtree(out / ADAPTER_DIR, ignore_errors=True)
+    os.rename(tmp, out / ADAPTER_DIR)

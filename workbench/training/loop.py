@@ -215,7 +215,7 @@ def train(model: torch.nn.Module, train_rows: Sequence, val_rows: Sequence, coll
     events = EventLog(run_dir, ctx.is_main, resume_step=state.step)
     progress = _progress_bar(config, ctx, state.step, total_steps)
     trainable = [p for p in model.parameters() if p.requires_grad]
-    started, train_seconds, tokens_seen = time.perf_counter(), 0.0, 0
+    train_seconds, tokens_seen = 0.0, 0
 
     while state.step < total_steps and not state.stopped_early:
         step_started = time.perf_counter()
