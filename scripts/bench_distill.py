@@ -6,9 +6,9 @@ resident set (VmHWM) during one forward + backward, minus the resident set just 
 (inputs, weights and the imported libraries are excluded). Time is the median of REPEATS
 forward + backward passes after one warm-up. Shapes default to SmolLM2-135M's head
 (hidden 576, vocab 49152, 4096 supervised tokens) and a Llama-3-sized vocab (128256, with
-1024 tokens so that the plain implementation fits in this machine's memory).
+2048 tokens so that the plain implementation fits in this machine's memory).
 
-    python scripts/bench_distill.py [--case VOCABxTOKENS ...] [--loss reverse_kl] [--chunk-size 512]
+    python scripts/bench_distill.py [--case VOCABxTOKENS ...] [--loss reverse_kl] [--chunk-size 0 (auto)]
 """
 
 from __future__ import annotations
@@ -23,7 +23,7 @@ from pathlib import Path
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO_ROOT))
-DEFAULT_CASES = ["49152x4096", "128256x1024"]
+DEFAULT_CASES = ["49152x4096", "128256x2048"]
 
 
 def status_kb(field: str) -> int:
@@ -88,7 +88,7 @@ def main() -> None:
     parser.add_argument("--loss", default="reverse_kl")
     parser.add_argument("--temperature", type=float, default=1.0)
     parser.add_argument("--alpha", type=float, default=1.0)
-    parser.add_argument("--chunk-size", type=int, default=512)
+    parser.add_argument("--chunk-size", type=int, default=0, help="0: auto")
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--worker", choices=["plain", "chunked"], help=argparse.SUPPRESS)
     parser.add_argument("--worker-case", help=argparse.SUPPRESS)
@@ -97,7 +97,7 @@ def main() -> None:
         worker(args)
         return
     print(f"loss {args.loss}, temperature {args.temperature}, alpha {args.alpha}, hidden {args.hidden}, "
-          f"chunk {args.chunk_size}, forward + backward, median of {args.repeats}")
+          f"chunk {args.chunk_size or 'auto'}, forward + backward, median of {args.repeats}")
     print(f"{'vocab':>7} {'tokens':>6} | {'plain MB':>9} {'chunked MB':>10} {'saved':>6} | "
           f"{'plain s':>7} {'chunked s':>9} {'speedup':>7} | {'loss diff':>9}")
     for case in args.case or DEFAULT_CASES:

@@ -129,7 +129,7 @@ def test_bfloat16_inputs_give_gradients_in_their_dtype_close_to_float32():
 
 @pytest.mark.parametrize("field, value", [("beta", 1.5), ("beta", -0.1), ("temperature", 0.0),
                                           ("temperature", -1.0), ("alpha", 1.2), ("alpha", -0.5),
-                                          ("loss", "kl"), ("chunk_size", 0)])
+                                          ("loss", "kl"), ("chunk_size", -1)])
 def test_bad_loss_parameters_name_the_key(field, value):
     with pytest.raises(ConfigError, match=field):
         LossSpec(**{field: value}).validate()

@@ -51,7 +51,7 @@ HELP = {
     "beta": "jsd mixture weight of the teacher: 0 is forward_kl, 1 is reverse_kl.",
     "temperature": "Softmax temperature of both models in the KD term (loss scaled by T^2).",
     "alpha": "Weight of the KD loss; 1 - alpha goes to cross-entropy on the labels.",
-    "chunk_size": "Tokens per chunk of the loss (memory ~ chunk x vocab).",
+    "chunk_size": "Tokens per chunk of the loss; memory ~ chunk x vocab (0: auto, 512 at vocab 49152).",
     "teacher_dtype": "Teacher weights dtype: float32 | bfloat16 | float16 (default: its own).",
     "teacher_device": "Teacher device, e.g. cpu or cuda:1 (default: the student's).",
     "teacher_cache": "Use a cache from `workbench distill cache-teacher` instead of running the teacher.",

@@ -22,7 +22,7 @@ from pathlib import Path
 import torch
 
 from workbench.checkpoint import Checkpoint, file_fingerprint, parse_dtype
-from workbench.distill.losses import SparseTeacher
+from workbench.distill.losses import LossSpec, SparseTeacher
 from workbench.errors import ConfigError
 
 MANIFEST = "teacher_cache.json"
@@ -185,7 +185,7 @@ def build_teacher_cache(teacher: str, data: str, out: str, *, top_k: int = 64, v
                         val_split: float = 0.1, max_length: int = 1024, truncation: str = "truncate",
                         seed: int = 0, temperature: float = 1.0, dtype: str = "float16",
                         teacher_dtype: str | None = None, teacher_device: str = "cpu", batch_size: int = 8,
-                        chunk_size: int = 1024, overwrite: bool = False) -> dict:
+                        chunk_size: int = 0, overwrite: bool = False) -> dict:
     """Run the teacher over the train and validation examples that `workbench distill` makes
     from ``data`` with the same settings, and write the cache; returns its manifest (with
     tokens and bytes_per_token). Distilling with it needs the same data settings and temperature."""
@@ -208,13 +208,14 @@ def build_teacher_cache(teacher: str, data: str, out: str, *, top_k: int = 64, v
     examples = train_examples + val_examples
     model = load_model(teacher_ckpt.path, dtype=parse_dtype(teacher_dtype), device=teacher_device)
     weight = output_weight(model).detach().float()
+    chunk = LossSpec(chunk_size=chunk_size).chunk_tokens(weight.shape[0])
     pieces, keys, first_rows, row = [], [], [], 0
     for start in range(0, len(examples), batch_size):
         chunk = examples[start:start + batch_size]
         batch = {k: v.to(teacher_device) for k, v in pad_collate(chunk, pad_id=tokenizer.pad_token_id or 0).items()}
         with torch.no_grad():
             hidden, _ = supervised_hidden_states(model, batch)
-        pieces.append(teacher_topk(hidden, weight, top_k, temperature, chunk_size))
+        pieces.append(teacher_topk(hidden, weight, top_k, temperature, chunk))
         for example in chunk:
             keys.append(example_key(example))
             first_rows.append(row)

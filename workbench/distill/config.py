@@ -24,7 +24,7 @@ class DistillConfig(TrainingConfig):
     beta: float = 0.5
     temperature: float = 1.0
     alpha: float = 1.0
-    chunk_size: int = 512
+    chunk_size: int = 0
     teacher_dtype: str | None = None
     teacher_device: str | None = None
     teacher_cache: str | None = None

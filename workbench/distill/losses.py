@@ -43,6 +43,7 @@ from workbench.errors import ConfigError
 
 IGNORE_INDEX = -100
 KD_LOSSES = ("reverse_kl", "forward_kl", "jsd")
+AUTO_CHUNK_LOGITS = 2**25
 
 
 @dataclass(frozen=True)
@@ -53,7 +54,7 @@ class LossSpec:
     beta: float = 0.5
     temperature: float = 1.0
     alpha: float = 1.0
-    chunk_size: int = 512
+    chunk_size: int = 0  # 0: auto, see chunk_tokens
 
     def validate(self) -> None:
         if self.loss not in KD_LOSSES:
@@ -64,8 +65,15 @@ class LossSpec:
             raise ConfigError(f"temperature must be > 0, got {self.temperature!r}")
         if not 0 <= self.alpha <= 1:
             raise ConfigError(f"alpha must be in [0, 1], got {self.alpha!r}")
-        if not isinstance(self.chunk_size, int) or isinstance(self.chunk_size, bool) or self.chunk_size <= 0:
-            raise ConfigError(f"chunk_size must be a positive integer, got {self.chunk_size!r}")
+        if not isinstance(self.chunk_size, int) or isinstance(self.chunk_size, bool) or self.chunk_size < 0:
+            raise ConfigError(f"chunk_size must be an integer >= 0 (0: auto), got {self.chunk_size!r}")
+
+    def chunk_tokens(self, vocab: int) -> int:
+        """Tokens per chunk: ``chunk_size``, or for 0 the power of two nearest to 2^25 / vocab
+        (512 at vocab 49152, 256 at 128256), so a [chunk x vocab] fp32 buffer stays near 128 MB."""
+        if self.chunk_size:
+            return self.chunk_size
+        return 2 ** max(4, round(math.log2(AUTO_CHUNK_LOGITS / vocab)))
 
     @property
     def divergence(self) -> str:
@@ -153,8 +161,9 @@ def _chunked(hidden, weight, labels, teacher, spec: LossSpec, want_hidden_grad: 
         grad_h = torch.zeros_like(h) if want_hidden_grad else None
         grad_w = torch.zeros_like(w) if want_weight_grad else None
         totals = torch.zeros(5, dtype=torch.float64, device=hidden.device)
-        for start in range(0, h.shape[0], spec.chunk_size):
-            end = min(start + spec.chunk_size, h.shape[0])
+        chunk = spec.chunk_tokens(w.shape[0])
+        for start in range(0, h.shape[0], chunk):
+            end = min(start + chunk, h.shape[0])
             h_chunk = h[start:end]
             loss, stats, dlogits = _chunk(h_chunk @ w.T, _teacher_chunk(teacher, start, end),
                                           targets[start:end], spec, want_hidden_grad or want_weight_grad)
