@@ -208,14 +208,14 @@ def build_teacher_cache(teacher: str, data: str, out: str, *, top_k: int = 64, v
     examples = train_examples + val_examples
     model = load_model(teacher_ckpt.path, dtype=parse_dtype(teacher_dtype), device=teacher_device)
     weight = output_weight(model).detach().float()
-    chunk = LossSpec(chunk_size=chunk_size).chunk_tokens(weight.shape[0])
+    tokens_per_chunk = LossSpec(chunk_size=chunk_size).chunk_tokens(weight.shape[0])
     pieces, keys, first_rows, row = [], [], [], 0
     for start in range(0, len(examples), batch_size):
         chunk = examples[start:start + batch_size]
         batch = {k: v.to(teacher_device) for k, v in pad_collate(chunk, pad_id=tokenizer.pad_token_id or 0).items()}
         with torch.no_grad():
             hidden, _ = supervised_hidden_states(model, batch)
-        pieces.append(teacher_topk(hidden, weight, top_k, temperature, chunk))
+        pieces.append(teacher_topk(hidden, weight, top_k, temperature, tokens_per_chunk))
         for example in chunk:
             keys.append(example_key(example))
             first_rows.append(row)
