@@ -71,14 +71,10 @@ def test_lineage_and_inspect_show_the_size_reduction(tiny_llama, tmp_path):
     assert lineage["parameters"]["layers"] == [0]
 
 
-@pytest.mark.parametrize("args, message", [
-    (["--num-layers", "0"], "between 1 and 1"),
-    (["--layers", "0,0"], "layer 0 is listed more than once"),
-])
-def test_bad_layer_choices_exit_2_and_write_nothing(tiny_llama, tmp_path, args, message):
-    result = run_workbench("student", "init", tiny_llama, tmp_path / "s", *args)
+def test_zero_layers_exit_2_and_write_nothing(tiny_llama, tmp_path):
+    result = run_workbench("student", "init", tiny_llama, tmp_path / "s", "--num-layers", "0")
     assert result.returncode == 2
-    assert result.stderr.startswith("error:") and message in result.stderr
+    assert result.stderr.startswith("error:") and "between 1 and 1" in result.stderr
     assert len(result.stderr.strip().splitlines()) == 1
     assert list(tmp_path.iterdir()) == []
 
@@ -86,6 +82,7 @@ def test_bad_layer_choices_exit_2_and_write_nothing(tiny_llama, tmp_path, args, 
 @pytest.mark.parametrize("kwargs, message", [
     (dict(num_layers=2), "between 1 and 1"),
     (dict(layers=[0, 2]), "index 2 is out of range"),
+    (dict(layers=[0, 0]), "layer 0 is listed more than once"),
     (dict(layers=[-1]), "index -1 is out of range"),
     (dict(layers=[0, 1]), "a student needs fewer"),
     (dict(layers=[]), "is empty"),
