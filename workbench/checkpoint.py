@@ -47,8 +47,9 @@ SUPPORT_FILES = (
 )
 DEFAULT_MAX_SHARD_BYTES = 5 * 1024**3
 DTYPE_NAMES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
-# Keys that describe how a config was written rather than what the model is.
-VOLATILE_CONFIG_KEYS = ("transformers_version", "_name_or_path")
+# Keys that describe how a config was written rather than what the model is (the
+# tensor dtypes are hashed with the tensors themselves).
+VOLATILE_CONFIG_KEYS = ("transformers_version", "_name_or_path", "dtype", "torch_dtype")
 
 
 def parse_dtype(name: str | None) -> torch.dtype | None:
