@@ -3,5 +3,6 @@
 from workbench.commands.checkpoints import generate, import_group, inspect
 from workbench.commands.evaluate import evaluate
 from workbench.commands.recipe import run_recipe
+from workbench.commands.sft import sft
 
-COMMANDS = [import_group, inspect, generate, run_recipe, evaluate]
+COMMANDS = [import_group, inspect, generate, sft, run_recipe, evaluate]

@@ -1,0 +1,164 @@
+"""The shared training loop on tiny random models and synthetic token rows."""
+
+from __future__ import annotations
+
+import copy
+import json
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from tests.tiny_models import make_model
+from workbench.errors import ConfigError
+from workbench.training import TrainingConfig, TrainingDivergedError, causal_lm_objective, train
+from workbench.training.distributed import Dist
+from workbench.training.loop import ObjectiveModule, StepPlan, accumulate_gradients
+from workbench.training.optim import lr_multiplier
+
+VOCAB = 384
+
+
+def make_rows(count: int, seed: int = 0) -> list[dict]:
+    """Rows of varying length whose second half is supervised (like a prompt + answer)."""
+    generator = torch.Generator().manual_seed(seed)
+    rows = []
+    for i in range(count):
+        length = 6 + (i * 5) % 11
+        ids = torch.randint(1, VOCAB, (length,), generator=generator).tolist()
+        labels = [-100] * (length // 2) + ids[length // 2:]
+        rows.append({"input_ids": ids, "labels": labels})
+    return rows
+
+
+def pad(rows: list[dict]) -> dict:
+    width = max(len(r["input_ids"]) for r in rows)
+    ids = torch.zeros(len(rows), width, dtype=torch.long)
+    labels = torch.full((len(rows), width), -100, dtype=torch.long)
+    mask = torch.zeros(len(rows), width, dtype=torch.long)
+    for i, row in enumerate(rows):
+        n = len(row["input_ids"])
+        ids[i, :n] = torch.tensor(row["input_ids"])
+        labels[i, :n] = torch.tensor(row["labels"])
+        mask[i, :n] = 1
+    return {"input_ids": ids, "labels": labels, "attention_mask": mask}
+
+
+def config(**overrides) -> TrainingConfig:
+    values = dict(epochs=1, batch_size=4, lr=1e-2, schedule="constant", max_grad_norm=0.0,
+                  precision="fp32", progress=False)
+    values.update(overrides)
+    return TrainingConfig(**values)
+
+
+def test_accumulated_gradient_equals_full_batch_autograd_reference():
+    model = make_model("llama", vocab_size=VOCAB)
+    reference = copy.deepcopy(model)
+    rows = make_rows(4)
+    micro = [pad(rows[:1]), pad(rows[1:])]  # 1 + 3 examples: unequal supervised counts
+
+    loss_total, _, supervised = accumulate_gradients(
+        ObjectiveModule(model, causal_lm_objective), micro, config(), Dist())
+
+    full = pad(rows)
+    logits = reference(input_ids=full["input_ids"], attention_mask=full["attention_mask"]).logits
+    expected_loss = F.cross_entropy(logits[:, :-1].reshape(-1, VOCAB), full["labels"][:, 1:].reshape(-1),
+                                    ignore_index=-100)
+    expected_loss.backward()
+    assert supervised == int((full["labels"][:, 1:] != -100).sum())
+    assert loss_total / supervised == pytest.approx(expected_loss.item(), rel=1e-5)
+    for (name, p), q in zip(model.named_parameters(), reference.parameters()):
+        torch.testing.assert_close(p.grad, q.grad, atol=1e-6, rtol=1e-4, msg=name)
+
+
+def test_grad_accum_two_micro_batches_trains_like_one_big_batch(tmp_path):
+    rows = make_rows(8)
+    weights = []
+    for accum in (1, 2):
+        model = make_model("llama", vocab_size=VOCAB)
+        train(model, rows, [], pad, config(grad_accum=accum, epochs=2, max_grad_norm=1.0),
+              tmp_path / f"accum{accum}", Dist(), causal_lm_objective)
+        weights.append(dict(model.named_parameters()))
+    for name, p in weights[0].items():
+        torch.testing.assert_close(p, weights[1][name], atol=2e-5, rtol=1e-4, msg=name)
+
+
+def test_loss_decreases_when_overfitting_a_few_examples(tmp_path):
+    model = make_model("llama", vocab_size=VOCAB)
+    rows = make_rows(4)
+    result = train(model, rows, rows, pad, config(epochs=40, lr=3e-3), tmp_path, Dist(),
+                   causal_lm_objective)
+    events = [json.loads(line) for line in (tmp_path / "events.jsonl").read_text().splitlines()]
+    losses = [e["train_loss"] for e in events]
+    assert len(losses) == 40 and result.state.step == 40
+    assert losses[-1] < 0.3 * losses[0]
+    assert sum(losses[-5:]) < sum(losses[:5])
+    assert {"step", "total_steps", "train_loss", "valid_loss", "train_mean_token_accuracy",
+            "valid_mean_token_accuracy", "lr", "tokens_per_second", "elapsed"} <= set(events[-1])
+    assert result.metrics["valid_mean_token_accuracy"] > 0.5
+    checkpoints = sorted(p.name for p in (tmp_path / "checkpoints").glob("step-*"))
+    best = json.loads((tmp_path / "checkpoints" / "best.json").read_text())
+    assert best["checkpoint"] in checkpoints and len(checkpoints) <= 4
+
+
+def test_nan_loss_stops_naming_the_step_and_keeps_the_last_good_checkpoint(tmp_path):
+    calls = {"n": 0}
+
+    def objective(model, batch):
+        calls["n"] += 1
+        loss_sum, count, correct = causal_lm_objective(model, batch)
+        return (loss_sum * math.nan if calls["n"] == 3 else loss_sum), count, correct
+
+    model = make_model("llama", vocab_size=VOCAB)
+    with pytest.raises(TrainingDivergedError, match=r"loss became nan at step 3.*step-0000002"):
+        train(model, make_rows(8), [], pad, config(batch_size=2, save_every=1), tmp_path, Dist(), objective)
+    assert sorted(p.name for p in (tmp_path / "checkpoints").iterdir()) == ["step-0000001", "step-0000002"]
+    assert all(torch.isfinite(p).all() for p in model.parameters())
+
+
+def test_early_stopping_after_patience_evaluations_without_improvement(tmp_path):
+    model = make_model("llama", vocab_size=VOCAB)
+    rows = make_rows(8)
+    # A high learning rate on random validation targets: validation loss soon stops improving.
+    result = train(model, rows[:4], rows[4:], pad, config(epochs=50, lr=5e-2, patience=2), tmp_path,
+                   Dist(), causal_lm_objective)
+    assert result.state.stopped_early and result.state.step < 50
+    assert result.state.evals_without_improvement == 2
+
+
+def test_step_plan_shards_each_global_batch_over_ranks_and_micro_batches():
+    plan = StepPlan(num_rows=10, batch_size=4, grad_accum=2, world_size=2, epochs=2, max_steps=0)
+    assert plan.steps_per_epoch == 3 and plan.total_steps == 6
+    for step in range(6):
+        shards = [plan.micro_batches(step, seed=0, rank=r) for r in (0, 1)]
+        flat = [i for rank in shards for micro in rank for i in micro]
+        assert flat == plan.global_batch(step, seed=0) and all(len(m) == 1 for r in shards for m in r)
+    epoch = [i for step in range(3) for i in plan.global_batch(step, seed=0)]
+    assert set(epoch) == set(range(10))  # every row once per epoch, the last batch wraps around
+
+
+def test_learning_rate_schedules():
+    assert lr_multiplier(0, 2, 10, "cosine") == 0.5 and lr_multiplier(1, 2, 10, "cosine") == 1.0
+    assert lr_multiplier(2, 2, 10, "cosine") == 1.0
+    assert lr_multiplier(6, 2, 10, "cosine") == pytest.approx(0.5)
+    assert lr_multiplier(6, 2, 10, "linear") == pytest.approx(0.5)
+    assert lr_multiplier(9, 2, 10, "constant") == 1.0
+
+
+@pytest.mark.parametrize("key, value, message", [
+    ("batch_size", 0, "batch_size must be a positive integer"),
+    ("lr", 0.0, "lr must be > 0"),
+    ("lr", -1e-3, "lr must be > 0"),
+    ("schedule", "cosin", "schedule must be one of"),
+    ("precision", "fp16", "precision must be one of"),
+])
+def test_config_validation_names_the_key(key, value, message):
+    with pytest.raises(ConfigError, match=message):
+        config(**{key: value}).validate()
+
+
+def test_global_batch_must_split_over_micro_batches(tmp_path):
+    with pytest.raises(ConfigError, match="divisible by grad_accum"):
+        train(make_model("llama", vocab_size=VOCAB), make_rows(4), [], pad, config(batch_size=3, grad_accum=2),
+              tmp_path, Dist(), causal_lm_objective)

@@ -1,0 +1,35 @@
+"""LoRA through peft: wrap a model, check the target modules exist, save and merge."""
+
+from __future__ import annotations
+
+import torch
+
+from workbench.errors import ConfigError, did_you_mean
+
+
+def linear_module_names(model: torch.nn.Module) -> list[str]:
+    """Short names of the layers LoRA can target (linear and GPT-2's Conv1D), without the head."""
+    from transformers.pytorch_utils import Conv1D
+
+    head = model.get_output_embeddings()
+    names = {name.rsplit(".", 1)[-1] for name, module in model.named_modules()
+             if isinstance(module, (torch.nn.Linear, Conv1D)) and module is not head}
+    return sorted(names)
+
+
+def apply_lora(model: torch.nn.Module, rank: int, alpha: float, dropout: float, targets: list[str] | str):
+    """A peft model with fresh adapters on ``targets`` (only the adapters train)."""
+    from peft import LoraConfig, get_peft_model
+
+    if targets != "all-linear":
+        available = linear_module_names(model)
+        if not targets:
+            raise ConfigError(f"lora_targets is empty; available: all-linear, {', '.join(available)}")
+        for target in targets:
+            if target not in available:
+                raise ConfigError(f"lora_targets: {model.config.model_type} has no linear module "
+                                  f"'{target}'{did_you_mean(target, available)}; available: "
+                                  f"all-linear, {', '.join(available)}")
+    config = LoraConfig(r=rank, lora_alpha=alpha, lora_dropout=dropout, target_modules=targets,
+                        task_type="CAUSAL_LM", fan_in_fan_out=model.config.model_type == "gpt2")
+    return get_peft_model(model, config)

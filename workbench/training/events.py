@@ -1,0 +1,76 @@
+"""Metrics out of the loop: RUN_DIR/events.jsonl (OpenAI's fine-tuning fields), TensorBoard
+event files when tensorboard is installed, and a loss-curve PNG at the end."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+EVENTS_FILE = "events.jsonl"
+PLOT_FILE = "loss.png"
+
+
+class EventLog:
+    """Appends one JSON object per step; on resume, drops what came after the checkpoint."""
+
+    def __init__(self, run_dir: Path, enabled: bool, resume_step: int = 0):
+        self.enabled = enabled
+        self.path = run_dir / EVENTS_FILE
+        self.tensorboard = None
+        if not enabled:
+            return
+        run_dir.mkdir(parents=True, exist_ok=True)
+        kept = [e for e in read_events(self.path) if e["step"] <= resume_step] if resume_step else []
+        with open(self.path, "w") as f:
+            f.writelines(json.dumps(e) + "\n" for e in kept)
+        try:
+            from torch.utils.tensorboard import SummaryWriter
+        except ImportError:
+            return
+        self.tensorboard = SummaryWriter(str(run_dir / "tensorboard"), purge_step=resume_step + 1)
+
+    def write(self, event: dict) -> None:
+        if not self.enabled:
+            return
+        with open(self.path, "a") as f:
+            f.write(json.dumps(event) + "\n")
+        if self.tensorboard is not None:
+            for key, value in event.items():
+                if key not in ("step", "total_steps") and isinstance(value, (int, float)):
+                    self.tensorboard.add_scalar(key, value, event["step"])
+
+    def close(self) -> None:
+        if self.tensorboard is not None:
+            self.tensorboard.close()
+
+
+def read_events(path: Path) -> list[dict]:
+    if not path.exists():
+        return []
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+def plot_loss_curve(run_dir: Path) -> Path | None:
+    """Train (and validation) loss against step, as RUN_DIR/loss.png."""
+    events = read_events(run_dir / EVENTS_FILE)
+    if not events:
+        return None
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 4))
+    ax.plot([e["step"] for e in events], [e["train_loss"] for e in events], label="train loss")
+    valid = [e for e in events if e.get("valid_loss") is not None]
+    if valid:
+        ax.plot([e["step"] for e in valid], [e["valid_loss"] for e in valid], "o-", label="valid loss")
+    ax.set_xlabel("step")
+    ax.set_ylabel("loss")
+    ax.legend()
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    out = run_dir / PLOT_FILE
+    fig.savefig(out, dpi=100)
+    plt.close(fig)
+    return out

@@ -1,0 +1,43 @@
+"""AdamW with the usual decay groups, and the warmup + decay learning-rate schedules."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+from workbench.training.config import TrainingConfig
+
+
+def build_optimizer(model: torch.nn.Module, config: TrainingConfig, device: torch.device) -> torch.optim.AdamW:
+    """AdamW over trainable parameters; biases and norm weights (1-D) get no weight decay."""
+    decay, no_decay = [], []
+    for param in model.parameters():
+        if param.requires_grad:
+            (decay if param.ndim >= 2 else no_decay).append(param)
+    groups = [{"params": decay, "weight_decay": config.weight_decay},
+              {"params": no_decay, "weight_decay": 0.0}]
+    return torch.optim.AdamW(groups, lr=config.lr, betas=(0.9, 0.999), eps=1e-8,
+                             fused=device.type == "cuda")
+
+
+def warmup_steps(config: TrainingConfig, total_steps: int) -> int:
+    return config.warmup_steps or int(math.ceil(config.warmup_ratio * total_steps))
+
+
+def lr_multiplier(step: int, warmup: int, total_steps: int, schedule: str) -> float:
+    """Factor on the peak lr for the optimizer step that follows `step` finished steps."""
+    if step < warmup:
+        return (step + 1) / warmup
+    if schedule == "constant":
+        return 1.0
+    progress = (step - warmup) / max(1, total_steps - warmup)
+    if schedule == "linear":
+        return max(0.0, 1.0 - progress)
+    return 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
+
+
+def build_scheduler(optimizer, config: TrainingConfig, total_steps: int):
+    warmup = warmup_steps(config, total_steps)
+    return torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lambda step: lr_multiplier(step, warmup, total_steps, config.schedule))
