@@ -24,9 +24,9 @@ def plain(value):
 
 
 def run_import(params: dict, out: Path, resume: bool) -> Path:
-    if params.get("path"):
+    if params.get("path") is not None:
         return Checkpoint(params["path"]).path
-    if params.get("gguf"):
+    if params.get("gguf") is not None:
         from workbench.checkpoint import parse_dtype
         from workbench.gguf_import import import_gguf
 

@@ -64,7 +64,7 @@ def _student_parameters():
 
 
 def _eval_parameters():
-    from workbench.evaluate import EvalConfig
+    from workbench.evaluate.config import EvalConfig
 
     return _dataclass_parameters(EvalConfig)
 

@@ -112,15 +112,14 @@ def build_recipe(raw, path: Path, overrides: list[str] = ()) -> Recipe:
         problems.add("'steps' must be a non-empty list")
         problems.raise_if_any()
     written = _parse_steps(raw_steps, defaults, problems)
-    _apply_overrides(written, overrides, problems)
     steps = _expand_matrices(written, problems)
-    problems.raise_if_any()
+    _apply_overrides(steps, overrides, problems)
     groups: dict[str, list[str]] = {}
     for step in steps:
         groups.setdefault(step.group, []).append(step.id)
     for step in steps:
         _check_parameters(step, problems)
-        _resolve_inputs(step, groups, path.parent, problems)
+        _resolve_inputs(step, groups, path.resolve().parent, problems)
     problems.raise_if_any()
     ordered = _topological_order(steps, problems)
     problems.raise_if_any()
@@ -136,7 +135,9 @@ class Problems:
 
     def add(self, message: str, step: str | None = None, key: str | None = None) -> None:
         where = (f"step '{step}'" if step else "") + (f", key '{key}'" if key else "")
-        self.items.append(f"{where}: {message}" if where else message)
+        item = f"{where}: {message}" if where else message
+        if item not in self.items:  # matrix variants share their written step's problems
+            self.items.append(item)
 
     def raise_if_any(self) -> None:
         if len(self.items) == 1:
@@ -211,47 +212,49 @@ def _parse_steps(raw_steps: list, defaults: dict, problems: Problems) -> list[_W
     return written
 
 
-def _apply_overrides(written: list[_Written], overrides: list[str], problems: Problems) -> None:
+def _apply_overrides(steps: list[Step], overrides: list[str], problems: Problems) -> None:
     """--set STEP.KEY=VALUE (VALUE read as YAML; KEY may be dotted into nested mappings).
-    STEP is a step id as written in the recipe, or a variant id a matrix derived."""
-    by_id = {w.id: w for w in written}
+    STEP is a step id, or the written id of a matrix step (then every variant gets it)."""
+    ids = {s.id for s in steps} | {s.group for s in steps}
     for override in overrides:
         target, sep, value_text = override.partition("=")
-        ids = sorted((i for i in by_id if target.startswith(i + ".")), key=len, reverse=True)
-        if not sep or not ids:
-            step = target.split(".", 1)[0]
-            hint = did_you_mean(step, by_id) if step not in by_id else ""
+        matches = sorted((i for i in ids if target.startswith(i + ".")), key=len, reverse=True)
+        if not sep or not matches:
+            hint = did_you_mean(target.split(".", 1)[0], ids)
             problems.add(f"--set '{override}': expected STEP.KEY=VALUE with a step id of this recipe{hint}")
             continue
-        step = by_id[ids[0]]
-        keys = target[len(ids[0]) + 1:].replace("-", "_").split(".")
+        keys = target[len(matches[0]) + 1:].replace("-", "_").split(".")
         value = yaml.safe_load(value_text) if value_text.strip() else ""
-        node = step.params
-        for key in keys[:-1]:
-            node = node.setdefault(key, {})
-            if not isinstance(node, dict):
-                problems.add(f"--set '{override}': '{key}' is not a mapping", step.id)
-                break
-        else:
-            node[keys[-1]] = value
-            step.matrix.pop(keys[-1], None)  # an explicit value replaces the matrix axis
+        for step in steps:
+            if matches[0] in (step.id, step.group):
+                _set_nested(step.params, keys, value, override, step.id, problems)
+
+
+def _set_nested(params: dict, keys: list[str], value, override: str, step_id: str, problems: Problems) -> None:
+    node = params
+    for key in keys[:-1]:
+        node = node.setdefault(key, {})
+        if not isinstance(node, dict):
+            problems.add(f"--set '{override}': '{key}' is not a mapping", step_id)
+            return
+    node[keys[-1]] = value
 
 
 def _expand_matrices(written: list[_Written], problems: Problems) -> list[Step]:
     steps = []
     for w in written:
         if not w.matrix:
-            steps.append(Step(w.id, w.kind, w.params, group=w.id))
+            steps.append(Step(w.id, w.kind, copy.deepcopy(w.params), group=w.id))
             continue
         keys = list(w.matrix)
         for values in itertools.product(*(w.matrix[k] for k in keys)):
             suffix = "-".join(_id_part(v) for v in values)
             variant = dict(zip(keys, values))
-            steps.append(Step(f"{w.id}-{suffix}", w.kind, {**w.params, **variant}, group=w.id,
+            steps.append(Step(f"{w.id}-{suffix}", w.kind, {**copy.deepcopy(w.params), **variant}, group=w.id,
                               matrix=variant))
     seen = set()
     for step in steps:
-        if step.id in seen:
+        if step.id in seen and step.matrix:
             problems.add("matrix produces this id twice (or it clashes with another step)", step.id)
         seen.add(step.id)
     return steps
@@ -266,55 +269,57 @@ def _check_parameters(step: Step, problems: Problems) -> None:
     try:
         allowed = spec.parameters()
     except ImportError as exc:
-        problems.add(f"the {step.kind} engine is not available ({exc})", step.id)
+        problems.add(f"the {step.kind} engine is not available ({exc})", step.group)
         return
     for key in list(step.params):
         if key in RUNNER_OWNED:
-            problems.add(f"'{key}' is set by the runner (outputs go to runs/<name>/<step-id>/)", step.id, key)
+            problems.add(f"'{key}' is set by the runner (outputs go to runs/<name>/<step-id>/)", step.group, key)
             del step.params[key]
         elif key not in allowed:
-            problems.add(f"unknown parameter for {step.kind}{did_you_mean(key, allowed)}", step.id, key)
+            problems.add(f"unknown parameter for {step.kind}{did_you_mean(key, allowed)}", step.group, key)
             del step.params[key]
         elif not spec.free_form:
             try:
                 step.params[key] = coerce(step.params[key], allowed[key])
             except TypeMismatch as exc:
-                problems.add(f"expected {exc}", step.id, key)
+                problems.add(f"expected {exc}", step.group, key)
     for key in spec.required:
         if step.params.get(key) in (None, "", []):
-            problems.add(f"missing required parameter '{key}'", step.id, key)
+            problems.add(f"missing required parameter '{key}'", step.group, key)
     if step.kind == "import":
-        sources = [k for k in ("path", "gguf", "tiny") if step.params.get(k)]
+        sources = [k for k in ("path", "gguf", "tiny") if step.params.get(k) is not None]
         if len(sources) != 1:
             problems.add("import needs exactly one source: path (a checkpoint), gguf (a file) or tiny "
-                         "(a random model)", step.id)
+                         "(a random model)", step.group)
 
 
 def _resolve_inputs(step: Step, groups: dict[str, list[str]], base_dir: Path, problems: Problems) -> None:
     """Step ids become Ref, paths become absolute Paths that must exist."""
     spec = KINDS[step.kind]
+    step_ids = {i for ids in groups.values() for i in ids}
 
     def resolve(value, key: str, many: bool):
         if not isinstance(value, str):
             problems.add(f"expected a step id or a checkpoint path, got {type(value).__name__}", step.id, key)
             return value
-        if value in groups:
-            variants = groups[value]
+        if value in groups and groups[value] != [value]:
             if value == step.group:
                 problems.add("a step cannot use its own output", step.id, key)
-            elif variants == [value]:
-                return Ref(value)
             elif many:
-                return [Ref(v) for v in variants]
+                return [Ref(v) for v in groups[value]]
             else:
-                problems.add(f"'{value}' is a matrix of steps; name one of {', '.join(variants)}", step.id, key)
+                problems.add(f"'{value}' is a matrix of steps; name one of {', '.join(groups[value])}",
+                             step.id, key)
             return value
+        if value in step_ids:
+            if value == step.id:
+                problems.add("a step cannot use its own output", step.id, key)
+            return Ref(value)
         candidate = (base_dir / value).resolve()
         if candidate.exists():
             return candidate
-        all_ids = [i for ids in groups.values() for i in ids] + list(groups)
         problems.add(f"'{value}' is neither a step id nor an existing path (relative to "
-                     f"{base_dir}){did_you_mean(value, all_ids)}", step.id, key)
+                     f"{base_dir}){did_you_mean(value, step_ids | set(groups))}", step.id, key)
         return value
 
     for key in spec.checkpoint_keys:
