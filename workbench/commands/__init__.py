@@ -1,8 +1,9 @@
 """Every CLI command, one module per area; cli.py registers the list below."""
 
 from workbench.commands.checkpoints import generate, import_group, inspect
+from workbench.commands.data import data_group
 from workbench.commands.evaluate import evaluate
 from workbench.commands.recipe import run_recipe
 from workbench.commands.sft import sft
 
-COMMANDS = [import_group, inspect, generate, sft, run_recipe, evaluate]
+COMMANDS = [import_group, inspect, generate, data_group, sft, run_recipe, evaluate]
