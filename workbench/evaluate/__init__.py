@@ -11,7 +11,7 @@ __all__ = ["EvalConfig", "run"]
 
 def __getattr__(name: str):
     if name == "run":
-        from workbench.evaluate.run import run
+        from workbench.evaluate.engine import run
 
         return run
     raise AttributeError(f"module 'workbench.evaluate' has no attribute '{name}'")

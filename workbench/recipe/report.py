@@ -51,7 +51,7 @@ def report_blocks(recipe: Recipe, run_dir: Path) -> list[tuple]:
     for step in recipe.steps.values():
         record = records[step.id]
         if step.kind == "eval" and record and record.status == "done":
-            blocks += _evaluation_blocks(step.id, Path(record.output) / "eval.json")
+            blocks += _evaluation_blocks(step.id, run_dir / record.output / "eval.json")
     plots = [(step.id, _plot_loss(run_dir, step.id)) for step in recipe.steps.values()
              if step.kind in TRAINING_KINDS]
     plots = [(step_id, png) for step_id, png in plots if png]

@@ -22,6 +22,9 @@ from workbench.recipe.schema import Recipe, Ref, Step, iter_refs
 from workbench.recipe.state import StepRecord, read_record, write_record
 
 
+KEY_METRIC_WORDS = ("loss", "accuracy", "agreement", "perplexity")
+
+
 class StepFailed(WorkbenchError):
     """A step's engine refused its input; the message names the step."""
 
@@ -138,13 +141,13 @@ class Runner:
 
     def _output_intact(self, record: StepRecord) -> bool:
         try:
-            return output_fingerprint(record.kind, Path(record.output)) == record.output_fingerprint
+            return output_fingerprint(record.kind, self.run_dir / record.output) == record.output_fingerprint
         except (WorkbenchError, OSError):
             return False
 
     def _finished_output(self, step: Step) -> tuple[Path, str]:
         record = read_record(self.run_dir, step.id)
-        return Path(record.output), record.output_fingerprint
+        return self.run_dir / record.output, record.output_fingerprint
 
     def effective_params(self, step: Step) -> dict:
         """The step's parameters plus what the runner adds: an eval step without a base gets
@@ -213,7 +216,7 @@ class Runner:
                 self.log(f"step '{step.id}' ({step.kind}) crashed; the traceback follows")
             raise
         record.status = "done"
-        record.output = str(output)
+        record.output = _portable(Path(output), self.run_dir)
         record.output_fingerprint = output_fingerprint(step.kind, output)
         record.metrics = output_metrics(step.kind, output)
         record.seconds = round(time.time() - record.started, 1)
@@ -229,6 +232,15 @@ class Runner:
         if isinstance(value, list):
             return [self._resolve(v) for v in value]
         return value
+
+
+def _portable(output: Path, run_dir: Path) -> str:
+    """The output relative to the run directory when inside it (so a moved checkout keeps its
+    cache), absolute otherwise (an imported checkpoint elsewhere)."""
+    try:
+        return output.resolve().relative_to(run_dir.resolve()).as_posix()
+    except ValueError:
+        return str(output.resolve())
 
 
 def _label(value) -> str:
@@ -258,7 +270,8 @@ def output_metrics(kind: str, output: Path) -> dict:
     if kind == "eval":
         return {}
     metrics = (Checkpoint(output).lineage or {}).get("metrics") or {}
-    return {k: v for k, v in metrics.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
+    return {k: v for k, v in metrics.items() if isinstance(v, (int, float)) and not isinstance(v, bool)
+            and any(word in k for word in KEY_METRIC_WORDS)}
 
 
 def format_seconds(seconds: float | None) -> str:
