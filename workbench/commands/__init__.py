@@ -3,7 +3,8 @@
 from workbench.commands.checkpoints import generate, import_group, inspect
 from workbench.commands.data import data_group
 from workbench.commands.evaluate import evaluate
+from workbench.commands.merge import merge
 from workbench.commands.recipe import run_recipe
 from workbench.commands.sft import sft
 
-COMMANDS = [import_group, inspect, generate, data_group, sft, run_recipe, evaluate]
+COMMANDS = [import_group, inspect, generate, data_group, sft, merge, run_recipe, evaluate]

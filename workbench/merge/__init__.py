@@ -1,0 +1,98 @@
+"""Weight merging: linear, slerp, ties and task_arithmetic natively (streaming, mergekit's
+numerics, several times faster); every other mergekit method through mergekit itself.
+
+    from workbench import merge
+    merge.run("merge.yml", "out/merged")            # mergekit YAML, parsed or a path
+
+Configs use mergekit's schema unchanged; see ``workbench.merge.config``.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+
+from workbench.checkpoint import Checkpoint
+from workbench.errors import CheckpointError, ConfigError
+from workbench.merge.config import MergeConfig, ModelEntry, load_config
+
+BACKENDS = ("auto", "native", "mergekit")
+
+
+def run(config: dict | str | os.PathLike, out_dir: str | os.PathLike, *, backend: str = "auto",
+        overwrite: bool = False, progress: bool = False) -> Checkpoint:
+    """Merge the models a mergekit config names into a checkpoint at ``out_dir``.
+
+    backend: 'auto' (native when it supports the method and config, else mergekit),
+    'native' (error when it cannot), 'mergekit'. All input problems are reported before
+    any tensor is read, and nothing is written then.
+    """
+    if backend not in BACKENDS:
+        raise ConfigError(f"unknown backend '{backend}' (expected one of {', '.join(BACKENDS)})")
+    merge_config = load_config(config)
+    out_dir = Path(out_dir)
+    if out_dir.exists() and not overwrite:
+        raise CheckpointError(f"{out_dir}: already exists (pass --overwrite to replace it)")
+    blockers = merge_config.native_blockers()
+    if backend == "native" and blockers:
+        raise ConfigError(f"--backend native cannot run this config: {blockers[0]}")
+    if backend == "auto" and not blockers and _vocab_sizes_differ(merge_config) \
+            and merge_config.tokenizer_source is not None:
+        blockers = ["different vocabularies need mergekit's tokenizer alignment"]
+    lineage_inputs = _lineage_inputs(merge_config)
+    if backend == "mergekit" or blockers:
+        from workbench.merge.mergekit_backend import run_mergekit
+
+        return run_mergekit(merge_config, out_dir, overwrite=overwrite, progress=progress,
+                            lineage_inputs=lineage_inputs)
+    return _run_native(merge_config, out_dir, overwrite=overwrite, progress=progress,
+                       lineage_inputs=lineage_inputs)
+
+
+def _run_native(config: MergeConfig, out_dir: Path, *, overwrite: bool, progress: bool,
+                lineage_inputs: dict) -> Checkpoint:
+    from workbench.merge.engine import open_inputs, run_native
+
+    # Header-only checks first, against a LoRA's base: adapters are merged only after.
+    plan = open_inputs(config, lambda entry: Checkpoint(entry.ref.path))
+    if all(entry.ref.lora is None for entry in plan.entries):
+        return run_native(plan, out_dir, overwrite=overwrite, progress=progress, lineage_inputs=lineage_inputs)
+    from workbench.merge.lora import merge_adapter
+
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(prefix=f".{out_dir.name}.lora-", dir=out_dir.parent) as tmp:
+        merged: dict = {}
+
+        def checkpoint_of(entry: ModelEntry) -> Checkpoint:
+            if entry.ref.lora is None:
+                return Checkpoint(entry.ref.path)
+            if entry.ref not in merged:
+                merged[entry.ref] = merge_adapter(entry.ref, Path(tmp) / f"model{len(merged)}")
+            return merged[entry.ref]
+
+        plan = open_inputs(config, checkpoint_of)
+        return run_native(plan, out_dir, overwrite=overwrite, progress=progress, lineage_inputs=lineage_inputs)
+
+
+def _vocab_sizes_differ(config: MergeConfig) -> bool:
+    sizes = {Checkpoint(e.ref.path).vocab_size for e in config.inputs()}
+    return len(sizes) > 1
+
+
+def _lineage_inputs(config: MergeConfig) -> dict:
+    """Each input checkpoint (and LoRA adapter) by its role in the config."""
+    inputs = {}
+    for i, entry in enumerate(config.models):
+        inputs[f"models[{i}]"] = Checkpoint(entry.ref.path)
+        if entry.ref.lora is not None:
+            inputs[f"models[{i}].lora"] = _adapter_file(entry.ref.lora)
+    if config.base_model is not None:
+        inputs["base_model"] = Checkpoint(config.base_model.path)
+    return inputs
+
+
+def _adapter_file(lora_dir: Path) -> Path:
+    weights = lora_dir / "adapter_model.safetensors"
+    return weights if weights.exists() else lora_dir / "adapter_config.json"
+

@@ -1,0 +1,335 @@
+"""mergekit's YAML schema: parsed, validated, and parameters resolved per tensor as mergekit does.
+
+A config names a ``merge_method``, the ``models`` (each a checkpoint path, optionally
+``path+lora_path``, with per-model ``parameters``), an optional ``base_model``, global
+``parameters``, ``dtype``, ``out_dtype`` and ``tokenizer_source``. A parameter is a number, a
+list of numbers interpolated across layers (a layer gradient), or a list of
+``{filter, value}`` entries whose first entry with ``filter`` a substring of the tensor name
+(or no filter, or ``*``) applies. Resolution follows ``mergekit.config.evaluate_setting`` and
+``mergekit.parameter_resolver``: per-model settings first, then global ones, then the default;
+shared parameters (``t``, ``normalize``, ``lambda``) come from the global settings only.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from workbench.errors import ConfigError, did_you_mean
+
+SHARED = "shared"  # one value per tensor
+INPUT = "input"  # one value per input model
+NON_BASE = "non_base"  # one value per input model other than the base
+
+
+@dataclass(frozen=True)
+class ParameterSpec:
+    name: str
+    kind: type  # float or bool
+    scope: str
+    default: Any = None  # None: required
+    low: float | None = None
+    high: float | None = None
+    low_open: bool = False  # density is in (0, 1]
+
+    def check(self, value: Any, where: str) -> Any:
+        """Validate one scalar the way mergekit's pydantic types do (numbers for floats,
+        booleans for bools) and check the range."""
+        if self.kind is bool:
+            if not isinstance(value, bool):
+                raise ConfigError(f"{where}: '{self.name}' must be true or false, got {value!r}")
+            return value
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ConfigError(f"{where}: '{self.name}' must be a number, got {value!r}")
+        value = float(value)
+        if not math.isfinite(value):
+            raise ConfigError(f"{where}: '{self.name}' must be finite, got {value!r}")
+        below = value <= self.low if self.low_open else value < self.low if self.low is not None else False
+        above = self.high is not None and value > self.high
+        if below or above:
+            interval = f"{'(' if self.low_open else '['}{self.low:g}, {self.high:g}]"
+            raise ConfigError(f"{where}: '{self.name}' must be in {interval}, got {value:g}")
+        return value
+
+
+_TASK_ARITHMETIC_PARAMETERS = (
+    ParameterSpec("int8_mask", bool, SHARED, False),
+    ParameterSpec("rescale", bool, SHARED, False),
+    ParameterSpec("lambda", float, SHARED, 1.0),
+    ParameterSpec("weight", float, NON_BASE),
+    ParameterSpec("density", float, NON_BASE, 1.0, low=0.0, high=1.0, low_open=True),
+)
+
+
+@dataclass(frozen=True)
+class MethodSpec:
+    name: str
+    parameters: tuple[ParameterSpec, ...]
+    needs_base: bool = False
+    exactly_two: bool = False
+
+    def parameter(self, name: str) -> ParameterSpec:
+        return next(p for p in self.parameters if p.name == name)
+
+
+# The native methods, with mergekit 0.1.5's parameter names, scopes and defaults
+# (mergekit/merge_methods/{linear,slerp}.py and registry.py).
+NATIVE_METHODS = {
+    "linear": MethodSpec("linear", (
+        ParameterSpec("weight", float, INPUT),
+        ParameterSpec("normalize", bool, SHARED, True),
+    )),
+    "slerp": MethodSpec("slerp", (ParameterSpec("t", float, SHARED, low=0.0, high=1.0),),
+                        needs_base=True, exactly_two=True),
+    "ties": MethodSpec("ties", (ParameterSpec("normalize", bool, SHARED, True),
+                                *_TASK_ARITHMETIC_PARAMETERS), needs_base=True),
+    "task_arithmetic": MethodSpec("task_arithmetic", (ParameterSpec("normalize", bool, SHARED, False),
+                                                      *_TASK_ARITHMETIC_PARAMETERS), needs_base=True),
+}
+# Methods that run through mergekit's own code (mergekit 0.1.5's registry).
+MERGEKIT_METHODS = (
+    "arcee_fusion", "breadcrumbs", "breadcrumbs_ties", "dare_linear", "dare_ties", "della",
+    "della_linear", "karcher", "model_stock", "multislerp", "nearswap", "nuslerp", "passthrough",
+    "ram", "ramplus_tl", "sce",
+)
+KNOWN_METHODS = tuple(sorted((*NATIVE_METHODS, *MERGEKIT_METHODS)))
+TOP_LEVEL_KEYS = ("merge_method", "models", "base_model", "parameters", "dtype", "out_dtype",
+                  "tokenizer_source", "tokenizer", "chat_template", "slices", "modules")
+MODEL_KEYS = ("model", "parameters")
+DTYPES = ("float32", "bfloat16", "float16", "float64")
+
+
+@dataclass(frozen=True)
+class ModelRef:
+    """A checkpoint directory, optionally with a LoRA adapter to merge into it first."""
+
+    path: Path
+    lora: Path | None = None
+
+    @classmethod
+    def parse(cls, value: Any, where: str) -> "ModelRef":
+        if not isinstance(value, (str, os.PathLike)) or not str(value):
+            raise ConfigError(f"{where}: expected a checkpoint path, got {value!r}")
+        parts = str(value).split("+")
+        if len(parts) > 2:
+            raise ConfigError(f"{where}: '{value}' is neither PATH nor PATH+LORA_PATH")
+        return cls(Path(parts[0]).expanduser(), Path(parts[1]).expanduser() if len(parts) == 2 else None)
+
+    def __str__(self) -> str:
+        return f"{self.path}+{self.lora}" if self.lora else str(self.path)
+
+
+@dataclass
+class ModelEntry:
+    ref: ModelRef
+    parameters: dict = field(default_factory=dict)
+
+
+@dataclass
+class MergeConfig:
+    """A validated merge config. ``raw`` is the config as given (for mergekit and the card)."""
+
+    method: str
+    models: list[ModelEntry]
+    base_model: ModelRef | None
+    parameters: dict
+    dtype: str | None
+    out_dtype: str | None
+    tokenizer_source: str | ModelRef | None
+    raw: dict
+    source: str = "config"
+
+    @property
+    def spec(self) -> MethodSpec | None:
+        return NATIVE_METHODS.get(self.method)
+
+    def inputs(self) -> list[ModelEntry]:
+        """The merge inputs in mergekit's order: the models, then the base if not among them."""
+        entries = list(self.models)
+        if self.base_model is not None and all(e.ref != self.base_model for e in entries):
+            entries.append(ModelEntry(self.base_model))
+        return entries
+
+    def native_blockers(self) -> list[str]:
+        """Why this config needs the mergekit backend (empty when the native engine can run it)."""
+        reasons = []
+        if self.method not in NATIVE_METHODS:
+            reasons.append(f"merge_method '{self.method}' is not native")
+        for key in ("slices", "modules", "tokenizer", "chat_template"):
+            if self.raw.get(key) is not None:
+                reasons.append(f"'{key}' is not supported natively")
+        if self.tokenizer_source == "union":
+            reasons.append("tokenizer_source 'union' needs vocabulary merging")
+        return reasons
+
+
+def load_config(config: dict | str | os.PathLike) -> MergeConfig:
+    """Parse (from a path or an already parsed dict) and validate a mergekit YAML config.
+    Relative model paths are taken relative to the current directory, as mergekit does."""
+    if isinstance(config, dict):
+        return validate_config(config, "config")
+    path = Path(config)
+    if not path.is_file():
+        raise ConfigError(f"{path}: config file does not exist")
+    return validate_config(parse_yaml(path.read_text(), str(path)), str(path))
+
+
+def parse_yaml(text: str, source: str) -> dict:
+    import yaml
+
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" line {mark.line + 1}, column {mark.column + 1}:" if mark is not None else ""
+        problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+        raise ConfigError(f"{source}: YAML does not parse ({where} {problem})".replace("( ", "(")) from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"{source}: expected a mapping with merge_method and models at the top")
+    return data
+
+
+def validate_config(raw: dict, source: str) -> MergeConfig:
+    for key in raw:
+        if key not in TOP_LEVEL_KEYS:
+            raise ConfigError(f"{source}: unknown key '{key}'{did_you_mean(str(key), TOP_LEVEL_KEYS)}")
+    method = raw.get("merge_method")
+    if not isinstance(method, str):
+        raise ConfigError(f"{source}: 'merge_method' is required (one of {', '.join(KNOWN_METHODS)})")
+    if method not in KNOWN_METHODS:
+        raise ConfigError(f"{source}: unknown merge_method '{method}'{did_you_mean(method, KNOWN_METHODS)}; "
+                          f"known: {', '.join(KNOWN_METHODS)}")
+    base = ModelRef.parse(raw["base_model"], f"{source}: base_model") if raw.get("base_model") else None
+    models = []
+    if raw.get("models") is not None:
+        if not isinstance(raw["models"], list) or not raw["models"]:
+            raise ConfigError(f"{source}: 'models' must be a non-empty list of {{model, parameters}}")
+        for i, item in enumerate(raw["models"]):
+            where = f"{source}: models[{i}]"
+            if not isinstance(item, dict) or "model" not in item:
+                raise ConfigError(f"{where}: expected a mapping with a 'model' key")
+            for key in item:
+                if key not in MODEL_KEYS:
+                    raise ConfigError(f"{where}: unknown key '{key}'{did_you_mean(str(key), MODEL_KEYS)}")
+            models.append(ModelEntry(ModelRef.parse(item["model"], f"{where}.model"),
+                                     _mapping(item.get("parameters"), f"{where}.parameters")))
+    elif raw.get("slices") is None and raw.get("modules") is None:
+        raise ConfigError(f"{source}: 'models' is required (or mergekit's 'slices'/'modules')")
+    for key in ("dtype", "out_dtype"):
+        if raw.get(key) is not None and raw[key] not in DTYPES:
+            raise ConfigError(f"{source}: {key} '{raw[key]}' is not one of {', '.join(DTYPES)}")
+    tokenizer_source = raw.get("tokenizer_source")
+    if tokenizer_source not in (None, "base", "union"):
+        tokenizer_source = ModelRef.parse(tokenizer_source, f"{source}: tokenizer_source")
+    if tokenizer_source == "base" and base is None:
+        raise ConfigError(f"{source}: tokenizer_source 'base' needs a base_model")
+    config = MergeConfig(method, models, base, _mapping(raw.get("parameters"), f"{source}: parameters"),
+                         raw.get("dtype"), raw.get("out_dtype"), tokenizer_source, raw, source)
+    if config.spec is not None and models:
+        _validate_native(config)
+    _check_paths_exist(config)
+    return config
+
+
+def _mapping(value: Any, where: str) -> dict:
+    if value is None:
+        return {}
+    if not isinstance(value, dict):
+        raise ConfigError(f"{where}: expected a mapping of parameter names to values")
+    return value
+
+
+def _validate_native(config: MergeConfig) -> None:
+    spec = config.spec
+    names = [p.name for p in spec.parameters]
+    scopes = [("parameters", config.parameters)] + [
+        (f"models[{i}].parameters", m.parameters) for i, m in enumerate(config.models)]
+    for where, settings in scopes:
+        for key, setting in settings.items():
+            if key not in names:
+                raise ConfigError(f"{config.source}: {where}: unknown parameter '{key}' for {spec.name}"
+                                  f"{did_you_mean(str(key), names)} (known: {', '.join(names)})")
+            for value in setting_leaves(setting, f"{config.source}: {where}.{key}"):
+                spec.parameter(key).check(value, f"{config.source}: {where}.{key}")
+    inputs = config.inputs()
+    if spec.needs_base and config.base_model is None:
+        raise ConfigError(f"{config.source}: {spec.name} needs a base_model (the model the others are "
+                          "compared against)")
+    if spec.exactly_two and len(inputs) != 2:
+        raise ConfigError(f"{config.source}: slerp merges exactly two models (the base_model and one other), "
+                          f"got {len(inputs)}")
+
+
+def setting_leaves(setting: Any, where: str) -> list:
+    """Every scalar a setting can produce (gradient points, filtered values)."""
+    if isinstance(setting, dict):
+        setting = [setting]
+    if isinstance(setting, (bool, int, float, str)):
+        return [setting]
+    if isinstance(setting, list) and setting:
+        if all(isinstance(e, (bool, int, float, str)) for e in setting):
+            return setting
+        leaves = []
+        for cond in setting:
+            if not isinstance(cond, dict) or "value" not in cond or set(cond) - {"filter", "value"}:
+                raise ConfigError(f"{where}: expected numbers (a layer gradient) or "
+                                  "{filter, value} entries, got {cond!r}".replace("{cond!r}", repr(cond)))
+            if isinstance(cond["value"], (dict, type(None))):
+                raise ConfigError(f"{where}: a filter's value must be a number or a list of numbers")
+            leaves += setting_leaves(cond["value"], where)
+        return leaves
+    raise ConfigError(f"{where}: expected a number, a list of numbers or {{filter, value}} entries, "
+                      f"got {setting!r}")
+
+
+def evaluate_setting(setting: Any, tensor_name: str, t: float) -> Any:
+    """mergekit.config.evaluate_setting for validated settings: None when no filter matches."""
+    if isinstance(setting, dict):
+        setting = [setting]
+    if isinstance(setting, (bool, int, float)):
+        return setting
+    if not setting:
+        return None
+    if all(isinstance(e, (bool, int, float)) for e in setting):
+        if not all(isinstance(e, (int, float)) and not isinstance(e, bool) for e in setting):
+            return setting[int(t * (len(setting) - 1))]
+        scaled = t * (len(setting) - 1)
+        i0 = int(scaled)
+        i1 = min(len(setting) - 1, i0 + 1)
+        frac = scaled - i0
+        return (1 - frac) * float(setting[i0]) + frac * float(setting[i1])
+    for cond in setting:
+        flt = cond.get("filter")
+        if flt is None or flt == "*" or (tensor_name and flt in tensor_name):
+            return evaluate_setting(cond["value"], tensor_name, t)
+    return None
+
+
+def resolve_parameter(param: ParameterSpec, scopes: list[dict], tensor_name: str, t: float) -> Any:
+    """The first scope whose setting yields a value wins; then the default."""
+    for settings in scopes:
+        if param.name in settings:
+            value = evaluate_setting(settings[param.name], tensor_name, t)
+            if value is not None:
+                return param.kind(value)
+    if param.default is None:
+        raise ConfigError(f"parameter '{param.name}' has no value for tensor '{tensor_name}' "
+                          "(no filter matched and there is no default)")
+    return param.default
+
+
+def _check_paths_exist(config: MergeConfig) -> None:
+    refs = [e.ref for e in config.models] + ([config.base_model] if config.base_model else [])
+    if isinstance(config.tokenizer_source, ModelRef):
+        refs.append(config.tokenizer_source)
+    for ref in refs:
+        if not ref.path.is_dir():
+            raise ConfigError(f"{config.source}: model path '{ref.path}' does not exist"
+                              if not ref.path.exists() else
+                              f"{config.source}: model path '{ref.path}' is not a directory")
+        if ref.lora is not None and not (ref.lora / "adapter_config.json").is_file():
+            raise ConfigError(f"{config.source}: LoRA adapter '{ref.lora}' does not exist "
+                              "(expected a peft directory with adapter_config.json)")

@@ -1,0 +1,184 @@
+"""The native streaming merge engine: linear, slerp, ties and task_arithmetic.
+
+First everything is checked from headers and configs alone (architectures, vocab sizes,
+depth, tensor names, shapes, parameters for every tensor), so bad input fails before a
+single tensor is read and nothing is written. Then each output tensor is computed from
+memory-mapped views of the inputs and streamed into a pre-planned ``CheckpointWriter``:
+resident memory is a few tensors (the output and one scratch buffer) plus chunks.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import torch
+
+from workbench.checkpoint import Checkpoint, CheckpointWriter
+from workbench.errors import CheckpointError, ConfigError
+from workbench.merge import methods
+from workbench.merge.config import INPUT, NON_BASE, SHARED, MergeConfig, ModelEntry, resolve_parameter
+from workbench.merge.output import finish_checkpoint
+from workbench.merge.reader import MappedCheckpoint
+from workbench.safetensors_io import PlannedTensor
+
+TORCH_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16,
+                "float64": torch.float64}
+# Decoder-layer tensors in Hugging Face naming (model.layers.N., transformer.h.N., ...):
+# these get t = N / (layers - 1) for layer gradients; all others t = 0, as in mergekit.
+LAYER_PATTERN = re.compile(r"(?:^|\.)(?:layers|h|blocks|layer)\.(\d+)\.")
+
+
+@dataclass
+class TensorJob:
+    name: str
+    shape: tuple[int, ...]
+    dtype: torch.dtype  # working dtype
+    out_dtype: torch.dtype
+    shared: dict  # shared parameters
+    per_input: list[dict]  # one dict per input (non-base parameters absent for the base)
+
+
+@dataclass
+class MergePlan:
+    config: MergeConfig
+    entries: list[ModelEntry]
+    checkpoints: list[Checkpoint]
+    base_index: int | None
+    jobs: list[TensorJob]
+
+
+def open_inputs(config: MergeConfig, checkpoint_of: Callable[[ModelEntry], Checkpoint]) -> MergePlan:
+    """Open and cross-check every input, resolve every parameter for every tensor."""
+    entries = config.inputs()
+    checkpoints = [checkpoint_of(e) for e in entries]
+    base_index = next((i for i, e in enumerate(entries) if e.ref == config.base_model), None)
+    check_compatible(entries, checkpoints, config)
+    first = checkpoints[0]
+    layers = first.num_layers or 0
+    jobs = []
+    for name in first.names():
+        infos = [c.info(name) for c in checkpoints]
+        stored = infos[0].torch_dtype
+        if config.dtype:
+            work = TORCH_DTYPES[config.dtype]
+        else:
+            work = stored
+            for info in infos[1:]:
+                work = torch.promote_types(work, info.torch_dtype)
+        out = TORCH_DTYPES[config.out_dtype] if config.out_dtype else work
+        if not stored.is_floating_point:
+            jobs.append(TensorJob(name, infos[0].shape, stored, stored, {}, []))
+            continue
+        match = LAYER_PATTERN.search(name)
+        t = 0.0 if match is None else (int(match.group(1)) / (layers - 1) if layers > 1 else 1.0)
+        jobs.append(resolve_job(config, entries, base_index, name, infos[0].shape, t, work, out))
+    return MergePlan(config, entries, checkpoints, base_index, jobs)
+
+
+def check_compatible(entries: list[ModelEntry], checkpoints: list[Checkpoint], config: MergeConfig) -> None:
+    first, first_label = checkpoints[0], str(entries[0].ref)
+    for entry, ckpt in zip(entries[1:], checkpoints[1:]):
+        label = str(entry.ref)
+        if ckpt.architecture != first.architecture:
+            raise CheckpointError(f"different architectures: {first_label} is {first.architecture}, "
+                                  f"{label} is {ckpt.architecture}")
+        if ckpt.vocab_size != first.vocab_size:
+            raise CheckpointError(f"different vocab sizes: {first_label} has {first.vocab_size}, {label} has "
+                                  f"{ckpt.vocab_size}; set tokenizer_source (base, union or a model) to "
+                                  "merge across vocabularies")
+        if ckpt.num_layers != first.num_layers:
+            raise CheckpointError(f"different depths: {first_label} has {first.num_layers} layers, {label} "
+                                  f"has {ckpt.num_layers}")
+        missing = [n for n in first.tensors if n not in ckpt.tensors]
+        extra = [n for n in ckpt.tensors if n not in first.tensors]
+        if missing:
+            raise CheckpointError(f"tensor '{missing[0]}' is in {first_label} but missing in {label}")
+        if extra:
+            raise CheckpointError(f"tensor '{extra[0]}' is in {label} but missing in {first_label}")
+        for name, info in first.tensors.items():
+            other = ckpt.tensors[name].shape
+            if other != info.shape:
+                raise CheckpointError(f"tensor '{name}' has shape {list(info.shape)} in {first_label} but "
+                                      f"{list(other)} in {label}")
+
+
+def resolve_job(config: MergeConfig, entries: list[ModelEntry], base_index: int | None, name: str,
+                shape: tuple[int, ...], t: float, work: torch.dtype, out: torch.dtype) -> TensorJob:
+    spec = config.spec
+    shared = {p.name: _resolve(p, [config.parameters], name, t, config.source)
+              for p in spec.parameters if p.scope == SHARED}
+    per_input = []
+    for i, entry in enumerate(entries):
+        values = {}
+        for p in spec.parameters:
+            if p.scope == INPUT or (p.scope == NON_BASE and i != base_index):
+                values[p.name] = _resolve(p, [entry.parameters, config.parameters], name, t,
+                                          f"{config.source}: model {entry.ref}")
+        per_input.append(values)
+    if spec.name == "linear" and shared["normalize"]:
+        total = torch.tensor([v["weight"] for v in per_input], dtype=torch.float32).sum()
+        if total == 0:
+            raise ConfigError(f"{config.source}: the weights sum to 0 for tensor '{name}', and normalize: "
+                              "true divides by that sum (change a weight or set normalize: false)")
+    return TensorJob(name, shape, work, out, shared, per_input)
+
+
+def _resolve(param, scopes, name, t, where):
+    try:
+        return resolve_parameter(param, scopes, name, t)
+    except ConfigError as exc:
+        raise ConfigError(f"{where}: {exc}") from None
+
+
+def merge_tensor(plan: MergePlan, job: TensorJob, inputs: list[torch.Tensor],
+                 release: methods.Release) -> torch.Tensor:
+    """One output tensor (flat, working dtype) from flat input views."""
+    method = plan.config.method
+    if not job.dtype.is_floating_point:
+        return inputs[plan.base_index or 0].clone()
+    if method == "linear":
+        return methods.linear(inputs, [p["weight"] for p in job.per_input], job.shared["normalize"],
+                              job.dtype, release)
+    base = plan.base_index
+    if method == "slerp":
+        return methods.slerp(job.shared["t"], inputs[base], inputs[1 - base], job.dtype, release)
+    others = [i for i in range(len(inputs)) if i != base]
+    if not others:
+        return inputs[base].to(job.dtype)
+    return methods.task_arithmetic(
+        inputs[base], [inputs[i] for i in others], [job.per_input[i]["weight"] for i in others],
+        [job.per_input[i]["density"] for i in others], job.dtype,
+        sign_consensus=method == "ties", sparsify=method == "ties", normalize=job.shared["normalize"],
+        lambda_=job.shared["lambda"], rescale=job.shared["rescale"], release=release)
+
+
+def run_native(plan: MergePlan, out_dir: Path, *, overwrite: bool, progress: bool,
+               lineage_inputs: dict) -> Checkpoint:
+    from tqdm import tqdm
+
+    writer_plan = [PlannedTensor(j.name, j.shape, j.out_dtype) for j in plan.jobs]
+    mapped = [MappedCheckpoint(c) for c in plan.checkpoints]
+    try:
+        with CheckpointWriter(out_dir, writer_plan, overwrite=overwrite) as writer:
+            for job in tqdm(plan.jobs, desc=f"merge ({plan.config.method})", unit="tensor",
+                            disable=not progress, leave=False):
+                inputs = [m.flat(job.name) for m in mapped]
+                releasers = [m.releaser(job.name) for m in mapped]
+
+                def release(start: int, stop: int) -> None:
+                    for drop in releasers:
+                        drop(start, stop)
+
+                merged = merge_tensor(plan, job, inputs, release)
+                writer.write(job.name, merged.reshape(job.shape))
+                del inputs, merged
+            out_dtype = plan.jobs[0].out_dtype if plan.jobs else None
+            return finish_checkpoint(writer, plan.config, backend="native", config_from=plan.checkpoints[
+                plan.base_index or 0].config, dtype_name=str(out_dtype).removeprefix("torch."),
+                lineage_inputs=lineage_inputs)
+    finally:
+        for m in mapped:
+            m.close()

@@ -1,0 +1,60 @@
+"""What every merged checkpoint carries besides weights, whichever backend made it:
+config.json, tokenizer + chat template + generation config from the tokenizer source,
+a README.md model card, and workbench.json lineage."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import yaml
+
+from workbench.checkpoint import SUPPORT_FILES, Checkpoint, CheckpointWriter, make_lineage
+from workbench.merge.config import MergeConfig, ModelRef
+
+
+def tokenizer_dir(config: MergeConfig) -> Path:
+    """The tokenizer source: 'base', a model path, or (unset) the base model or first model,
+    as mergekit's copy_tokenizer does."""
+    source = config.tokenizer_source
+    if isinstance(source, ModelRef):
+        return source.path
+    if config.base_model is not None:
+        return config.base_model.path
+    return config.models[0].ref.path
+
+
+def finish_checkpoint(writer: CheckpointWriter, config: MergeConfig, *, backend: str,
+                      config_from: dict | None, dtype_name: str | None, lineage_inputs: dict) -> Checkpoint:
+    """Write config (unless the backend wrote one), support files, model card; commit."""
+    if config_from is not None:
+        model_config = dict(config_from)
+        if dtype_name:
+            model_config["dtype"] = dtype_name
+            if "torch_dtype" in model_config:
+                model_config["torch_dtype"] = dtype_name
+        writer.write_json("config.json", model_config)
+    source = tokenizer_dir(config)
+    for name in SUPPORT_FILES:
+        if not (writer.staging_dir / name).exists() and (source / name).exists():
+            (writer.staging_dir / name).write_bytes((source / name).read_bytes())
+    lineage = make_lineage("merge", {"method": config.method, "backend": backend, "config": config.raw},
+                           inputs=lineage_inputs)
+    writer.write_text("README.md", model_card(writer.out_dir.name, config, backend, lineage))
+    return writer.commit(lineage)
+
+
+def model_card(title: str, config: MergeConfig, backend: str, lineage: dict) -> str:
+    inputs = "\n".join(f"- `{role}`: `{item['path']}` (fingerprint `{item['fingerprint']}`)"
+                       for role, item in lineage["inputs"].items())
+    recipe = yaml.safe_dump(config.raw, sort_keys=False).rstrip()
+    return (
+        f"---\nlibrary_name: transformers\ntags:\n- merge\n- {config.method}\n---\n\n"
+        f"# {title}\n\n"
+        f"Merged with `workbench merge` using **{config.method}** ({backend} backend"
+        f"{', mergekit numerics' if backend == 'native' else ''}).\n\n"
+        f"## Inputs\n\n{inputs}\n\n"
+        f"## Configuration\n\nMethod, models and parameters as given (mergekit YAML):\n\n"
+        f"```yaml\n{recipe}\n```\n\n"
+        f"Tokenizer, chat template and generation config come from `{tokenizer_dir(config)}`. "
+        f"`workbench.json` records the inputs' fingerprints and package versions.\n"
+    )
