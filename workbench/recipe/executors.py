@@ -59,7 +59,7 @@ def run_student(params: dict, out: Path, resume: bool) -> Path:
 def run_merge(params: dict, out: Path, resume: bool) -> Path:
     from workbench import merge
 
-    return merge.run(plain(params), out, overwrite=True).path
+    return merge.run(plain(params), out, overwrite=True, progress=True).path
 
 
 def run_eval(params: dict, out: Path, resume: bool) -> Path:

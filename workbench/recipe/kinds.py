@@ -73,12 +73,10 @@ def _import_parameters():
     return {"path": str, "gguf": str, "tiny": dict, "dtype": typing.Optional[str]}
 
 
-MERGEKIT_KEYS = ("merge_method", "models", "base_model", "parameters", "dtype", "out_dtype",
-                 "tokenizer_source", "tokenizer", "chat_template", "slices")
-
-
 def _merge_parameters():
-    return {key: typing.Any for key in MERGEKIT_KEYS}
+    from workbench.merge.config import TOP_LEVEL_KEYS
+
+    return {key: typing.Any for key in TOP_LEVEL_KEYS}
 
 
 KINDS: dict[str, KindSpec] = {

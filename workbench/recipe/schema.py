@@ -32,7 +32,7 @@ from workbench.recipe.types import TypeMismatch, coerce
 
 TOP_KEYS = ("name", "description", "defaults", "steps")
 STEP_KEYS = ("id", "matrix")
-ID_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.=+-]*$")
+ID_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.=-]*$")
 NON_MODEL_TOKENIZER_SOURCES = ("base", "union")
 
 
@@ -261,7 +261,7 @@ def _expand_matrices(written: list[_Written], problems: Problems) -> list[Step]:
 
 
 def _id_part(value) -> str:
-    return re.sub(r"[^A-Za-z0-9_.+-]+", "_", str(value).lower() if isinstance(value, bool) else str(value))
+    return re.sub(r"[^A-Za-z0-9_.-]+", "_", str(value).lower() if isinstance(value, bool) else str(value))
 
 
 def _check_parameters(step: Step, problems: Problems) -> None:
@@ -336,6 +336,7 @@ def _resolve_inputs(step: Step, groups: dict[str, list[str]], base_dir: Path, pr
             step.params[key] = resolve(value, key, many=False)
     if step.kind == "merge":
         _resolve_merge_models(step, resolve, problems)
+        _check_merge(step, base_dir, problems)
     for key in spec.data_keys():
         value = step.params.get(key)
         if value is None:
@@ -366,6 +367,26 @@ def _resolve_merge_models(step: Step, resolve, problems: Problems) -> None:
     source = params.get("tokenizer_source")
     if isinstance(source, str) and source not in NON_MODEL_TOKENIZER_SOURCES:
         params["tokenizer_source"] = resolve(source, "tokenizer_source", many=False)
+
+
+def _check_merge(step: Step, base_dir: Path, problems: Problems) -> None:
+    """The merge engine's own validation (methods, parameters, ranges), with inputs from
+    other steps standing in as existing directories: they are built before the merge runs."""
+    from workbench.merge.config import validate_config
+
+    def stand_in(value):
+        if isinstance(value, (Ref, Path)):
+            return str(base_dir)
+        if isinstance(value, dict):
+            return {k: stand_in(v) for k, v in value.items()}
+        if isinstance(value, list):
+            return [stand_in(v) for v in value]
+        return value
+
+    try:
+        validate_config(stand_in(step.params), f"step '{step.id}'")
+    except ConfigError as exc:
+        problems.add(str(exc))
 
 
 def _topological_order(steps: list[Step], problems: Problems) -> list[Step]:
