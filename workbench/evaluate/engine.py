@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import re
+import sys
 import time
 from pathlib import Path
 
@@ -23,10 +24,11 @@ from workbench.evaluate.table import write_outputs
 LINEAGE_PARENT_ROLES = ("model", "base_model", "base", "teacher", "student")
 
 
-def run(config: EvalConfig, log=print) -> dict:
+def run(config: EvalConfig, log=None) -> dict:
     """Metrics of every model on every data file; writes eval.json and eval.md to
     ``config.out`` when set. ``log`` receives one line per model evaluated."""
     config.validate()
+    log = log or (lambda line: print(line, file=sys.stderr, flush=True))
     entries = _model_entries(config)
     datasets = [_load_dataset(Path(p), config) for p in config.data]
     if len({d["name"] for d in datasets}) < len(datasets):
