@@ -31,9 +31,9 @@ def run(config: EvalConfig, log=None) -> dict:
     log = log or (lambda line: print(line, file=sys.stderr, flush=True))
     entries = _model_entries(config)
     datasets = [_load_dataset(Path(p), config) for p in config.data]
-    if len({d["name"] for d in datasets}) < len(datasets):
+    if len({d["name"] for d in datasets}) < len(datasets):  # dates/valid.jsonl, records/valid.jsonl
         for d in datasets:
-            d["name"] = str(d["path"])
+            d["name"] = f"{d['path'].parent.name}/{d['path'].stem}"
     answers: dict[tuple[str, str], list[str]] = {}
     results = []
     for entry in entries:
