@@ -122,4 +122,6 @@ def test_selection_options_and_failed_step(tmp_path):
     forced = Runner(load_recipe(path), runs, Selection(force=("base",))).plan()
     assert [(d.action, d.reason) for d in forced][0] == ("run", "forced (--force/--from)")
     only = Runner(load_recipe(path), runs, Selection(only=("base",))).plan()
-    assert [d.action for d in only] == ["cached", "missing"]
+    assert [d.action for d in only] == ["cached", "skip"]
+    with pytest.raises(WorkbenchError, match="step 'bad': input 'base' has no finished output"):
+        Runner(load_recipe(path), tmp_path / "empty-runs", Selection(only=("bad",)), log=lambda _: None).run()

@@ -36,5 +36,6 @@ def run_recipe(recipe, dry_run, overrides, only, start, force, runs_dir) -> None
         report = write_report(loaded, runner.run_dir)
         click.echo(f"report: {report} (and report.html)", err=True)
     for step in loaded.steps.values():
-        if step.kind == "eval":
-            click.echo((runner.run_dir / step.id / "eval.md").read_text())
+        table = runner.run_dir / step.id / "eval.md"
+        if step.kind == "eval" and table.is_file():
+            click.echo(table.read_text())

@@ -32,7 +32,7 @@ class StepFailed(WorkbenchError):
 @dataclass
 class Decision:
     step: Step
-    action: str  # run | cached | missing (needed, not selected, no finished output)
+    action: str  # run | cached | skip (not selected) | blocked (an input has no finished output)
     reason: str
     resume: bool = False
     fingerprint: str | None = None
@@ -91,8 +91,7 @@ class Runner:
             if rerun_inputs and step.id in self.allowed:
                 decision = Decision(step, "run", f"input '{rerun_inputs[0]}' runs first")
             elif rerun_inputs:
-                decision = Decision(step, "missing", f"input '{rerun_inputs[0]}' runs, but this step "
-                                    "is not selected")
+                decision = Decision(step, "skip", f"not selected (input '{rerun_inputs[0]}' changes)")
             else:
                 decision = self.decide(step)
             if decision.action == "run":
@@ -109,7 +108,8 @@ class Runner:
                     if ref.step in self.outputs}
         missing_inputs = [ref.step for ref in iter_refs(params) if ref.step not in upstream]
         if missing_inputs:
-            return Decision(step, "missing", f"input '{missing_inputs[0]}' has no finished output")
+            action = "blocked" if step.id in self.allowed else "skip"
+            return Decision(step, action, f"input '{missing_inputs[0]}' has no finished output")
         fingerprint, parts = step_fingerprint(step.kind, params, upstream, self.hashes)
         record = read_record(self.run_dir, step.id)
         reason, resume = self._why_run(step, record, fingerprint, parts)
@@ -117,7 +117,7 @@ class Runner:
             return Decision(step, "cached", "finished output with the same fingerprint", False,
                             fingerprint, parts)
         if step.id not in self.allowed:
-            return Decision(step, "missing", f"not selected, and {reason}", False, fingerprint, parts)
+            return Decision(step, "skip", f"not selected ({reason})", False, fingerprint, parts)
         return Decision(step, "run", reason, resume, fingerprint, parts)
 
     def _why_run(self, step: Step, record: StepRecord | None, fingerprint: str,
@@ -182,9 +182,12 @@ class Runner:
             decision = self.decide(step)
             done.append(decision)
             tag = f"[{index}/{len(steps)}] {step.id} ({step.kind})"
-            if decision.action == "missing":
-                raise ConfigError(f"step '{step.id}': cannot be used ({decision.reason}); run it too "
+            if decision.action == "blocked":
+                raise ConfigError(f"step '{step.id}': {decision.reason}; run that step too "
                                   "(drop --only/--from)")
+            if decision.action == "skip":
+                self.log(f"{tag} skipped: {decision.reason}")
+                continue
             if decision.action == "cached":
                 self.outputs[step.id] = self._finished_output(step)
                 self.log(f"{tag} cached")
