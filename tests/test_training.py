@@ -5,12 +5,14 @@ from __future__ import annotations
 import copy
 import json
 import math
+from functools import partial
 
 import pytest
 import torch
 import torch.nn.functional as F
 
 from tests.tiny_models import make_model
+from workbench.data import TokenizedExample, pack_examples, packed_collate, pad_collate
 from workbench.errors import ConfigError
 from workbench.training import TrainingConfig, TrainingDivergedError, causal_lm_objective, train
 from workbench.training.distributed import Dist
@@ -20,7 +22,7 @@ from workbench.training.optim import lr_multiplier
 VOCAB = 384
 
 
-def make_rows(count: int, seed: int = 0) -> list[dict]:
+def make_rows(count: int, seed: int = 0) -> list[TokenizedExample]:
     """Rows of varying length whose second half is supervised (like a prompt + answer)."""
     generator = torch.Generator().manual_seed(seed)
     rows = []
@@ -28,21 +30,11 @@ def make_rows(count: int, seed: int = 0) -> list[dict]:
         length = 6 + (i * 5) % 11
         ids = torch.randint(1, VOCAB, (length,), generator=generator).tolist()
         labels = [-100] * (length // 2) + ids[length // 2:]
-        rows.append({"input_ids": ids, "labels": labels})
+        rows.append(TokenizedExample(ids, labels))
     return rows
 
 
-def pad(rows: list[dict]) -> dict:
-    width = max(len(r["input_ids"]) for r in rows)
-    ids = torch.zeros(len(rows), width, dtype=torch.long)
-    labels = torch.full((len(rows), width), -100, dtype=torch.long)
-    mask = torch.zeros(len(rows), width, dtype=torch.long)
-    for i, row in enumerate(rows):
-        n = len(row["input_ids"])
-        ids[i, :n] = torch.tensor(row["input_ids"])
-        labels[i, :n] = torch.tensor(row["labels"])
-        mask[i, :n] = 1
-    return {"input_ids": ids, "labels": labels, "attention_mask": mask}
+pad = partial(pad_collate, pad_id=0)
 
 
 def config(**overrides) -> TrainingConfig:
@@ -75,9 +67,9 @@ def test_accumulated_gradient_equals_full_batch_autograd_reference():
 def test_grad_accum_two_micro_batches_trains_like_one_big_batch(tmp_path):
     rows = make_rows(8)
     weights = []
-    for accum in (1, 2):
+    for batch_size, accum in ((4, 1), (2, 2)):
         model = make_model("llama", vocab_size=VOCAB)
-        train(model, rows, [], pad, config(grad_accum=accum, epochs=2, max_grad_norm=1.0),
+        train(model, rows, [], pad, config(batch_size=batch_size, grad_accum=accum, epochs=2, max_grad_norm=1.0),
               tmp_path / f"accum{accum}", Dist(), causal_lm_objective)
         weights.append(dict(model.named_parameters()))
     for name, p in weights[0].items():
@@ -128,8 +120,8 @@ def test_early_stopping_after_patience_evaluations_without_improvement(tmp_path)
 
 
 def test_step_plan_shards_each_global_batch_over_ranks_and_micro_batches():
-    plan = StepPlan(num_rows=10, batch_size=4, grad_accum=2, world_size=2, epochs=2, max_steps=0)
-    assert plan.steps_per_epoch == 3 and plan.total_steps == 6
+    plan = StepPlan(num_rows=10, batch_size=1, grad_accum=2, world_size=2, epochs=2, max_steps=0)
+    assert plan.global_batch_size == 4 and plan.steps_per_epoch == 3 and plan.total_steps == 6
     for step in range(6):
         shards = [plan.micro_batches(step, seed=0, rank=r) for r in (0, 1)]
         flat = [i for rank in shards for micro in rank for i in micro]
@@ -158,7 +150,12 @@ def test_config_validation_names_the_key(key, value, message):
         config(**{key: value}).validate()
 
 
-def test_global_batch_must_split_over_micro_batches(tmp_path):
-    with pytest.raises(ConfigError, match="divisible by grad_accum"):
-        train(make_model("llama", vocab_size=VOCAB), make_rows(4), [], pad, config(batch_size=3, grad_accum=2),
-              tmp_path, Dist(), causal_lm_objective)
+def test_objective_gives_the_same_loss_on_packed_and_padded_rows():
+    model = make_model("llama", vocab_size=VOCAB)
+    rows = make_rows(6)
+    with torch.no_grad():
+        padded = causal_lm_objective(model, pad(rows))
+        packed = causal_lm_objective(model, packed_collate(pack_examples(rows, 40)))
+    assert len(pack_examples(rows, 40)) < len(rows)
+    assert packed[1] == padded[1] and packed[2] == padded[2]
+    assert packed[0].item() == pytest.approx(padded[0].item(), rel=1e-5)

@@ -1,9 +1,9 @@
 """Hyperparameters of the training loop, shared by every engine that trains (sft, distill).
 
-Field names are the CLI option names (dashes become underscores). ``batch_size`` is the
-*global* batch: examples (or packed rows) per optimizer step, summed over gradient-accumulation
-micro-batches and data-parallel ranks. So changing ``grad_accum`` or the number of processes
-changes memory use and speed, never the optimization itself.
+Field names are the CLI option names (dashes become underscores). As in transformers and
+``workbench data check``, ``batch_size`` is the rows (examples, or packed rows) of one forward
+pass on one process: an optimizer step sees batch_size x grad_accum x processes rows, and the
+loss is the mean over all their supervised tokens, however they are split.
 """
 
 from __future__ import annotations

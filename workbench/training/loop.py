@@ -27,6 +27,7 @@ from workbench.errors import ConfigError, WorkbenchError
 from workbench.training.config import TrainingConfig
 from workbench.training.distributed import Dist, all_reduce_sum
 from workbench.training.events import EVENTS_FILE, EventLog, read_events
+from workbench.data import epoch_order
 from workbench.training.objectives import count_supervised
 from workbench.training.optim import build_optimizer, build_scheduler
 from workbench.training.state import (
@@ -68,7 +69,7 @@ class ObjectiveModule(torch.nn.Module):
 
 @dataclass(frozen=True)
 class StepPlan:
-    """How the data is cut into steps: global batch -> ranks -> micro-batches."""
+    """How the data is cut into steps: global batch -> ranks -> micro-batches of batch_size."""
 
     num_rows: int
     batch_size: int
@@ -78,8 +79,12 @@ class StepPlan:
     max_steps: int
 
     @property
+    def global_batch_size(self) -> int:
+        return self.batch_size * self.grad_accum * self.world_size
+
+    @property
     def steps_per_epoch(self) -> int:
-        return math.ceil(self.num_rows / self.batch_size)
+        return math.ceil(self.num_rows / self.global_batch_size)
 
     @property
     def total_steps(self) -> int:
@@ -87,29 +92,17 @@ class StepPlan:
         return min(total, self.max_steps) if self.max_steps else total
 
     def global_batch(self, step: int, seed: int) -> list[int]:
-        """Row indices of a step. The epoch's last batch wraps around to the epoch's start."""
+        """Row indices of a step. The epoch's last batch wraps around to the epoch's start, so
+        every step has the same size and every rank the same number of micro-batches."""
         epoch, index = divmod(step, self.steps_per_epoch)
         order = epoch_order(self.num_rows, seed, epoch)
-        start = index * self.batch_size
-        return [order[(start + j) % self.num_rows] for j in range(self.batch_size)]
+        start = index * self.global_batch_size
+        return [order[(start + j) % self.num_rows] for j in range(self.global_batch_size)]
 
     def micro_batches(self, step: int, seed: int, rank: int) -> list[list[int]]:
-        per_rank = self.batch_size // self.world_size
+        per_rank = self.batch_size * self.grad_accum
         mine = self.global_batch(step, seed)[rank * per_rank:(rank + 1) * per_rank]
-        size = per_rank // self.grad_accum
-        return [mine[i * size:(i + 1) * size] for i in range(self.grad_accum)]
-
-
-def epoch_order(num_rows: int, seed: int, epoch: int) -> list[int]:
-    generator = torch.Generator().manual_seed(seed * 100_003 + epoch)
-    return torch.randperm(num_rows, generator=generator).tolist()
-
-
-def check_divisible(config: TrainingConfig, world_size: int) -> None:
-    if config.batch_size % (world_size * config.grad_accum):
-        raise ConfigError(
-            f"batch_size ({config.batch_size}) is the global batch and must be divisible by "
-            f"grad_accum ({config.grad_accum}) x processes ({world_size})")
+        return [mine[i * self.batch_size:(i + 1) * self.batch_size] for i in range(self.grad_accum)]
 
 
 def autocast_context(precision: str, device: torch.device):
@@ -159,14 +152,14 @@ def accumulate_gradients(runner, micro: list[dict], config: TrainingConfig, ctx:
 
 
 @torch.no_grad()
-def evaluate(model, rows: Sequence, collate, objective: Objective, micro_batch: int,
+def evaluate(model, rows: Sequence, collate, objective: Objective, batch_size: int,
              config: TrainingConfig, ctx: Dist) -> tuple[float, float]:
     """Mean loss and token accuracy over all supervised tokens of the validation rows."""
     model.eval()
     mine = list(range(ctx.rank, len(rows), ctx.world_size))
     totals = torch.zeros(3, dtype=torch.float64, device=ctx.device)
-    for start in range(0, len(mine), micro_batch):
-        batch = to_device(collate([rows[i] for i in mine[start:start + micro_batch]]), ctx.device)
+    for start in range(0, len(mine), batch_size):
+        batch = to_device(collate([rows[i] for i in mine[start:start + batch_size]]), ctx.device)
         with autocast_context(config.precision, ctx.device):
             loss_sum, count, correct = objective(model, batch)
         totals += torch.tensor([float(loss_sum), float(count), float(correct)],
@@ -185,12 +178,10 @@ def train(model: torch.nn.Module, train_rows: Sequence, val_rows: Sequence, coll
     decides whether an existing run directory may be continued). ``collate`` turns a list of
     rows into a batch dict; ``objective`` is described in ``workbench.training.objectives``.
     """
-    check_divisible(config, ctx.world_size)
     eval_objective = eval_objective or objective
     plan = StepPlan(len(train_rows), config.batch_size, config.grad_accum, ctx.world_size,
                     config.epochs, config.max_steps)
     total_steps = plan.total_steps
-    micro_batch = config.batch_size // (ctx.world_size * config.grad_accum)
     checkpoints_dir = run_dir / CHECKPOINTS_DIR
     training_fields = config.training_fields()
 
@@ -215,7 +206,7 @@ def train(model: torch.nn.Module, train_rows: Sequence, val_rows: Sequence, coll
     events = EventLog(run_dir, ctx.is_main, resume_step=state.step)
     progress = _progress_bar(config, ctx, state.step, total_steps)
     trainable = [p for p in model.parameters() if p.requires_grad]
-    started, train_seconds, tokens_seen = time.perf_counter(), 0.0, 0
+    train_seconds, tokens_seen = 0.0, 0
 
     while state.step < total_steps and not state.stopped_early:
         step_started = time.perf_counter()
@@ -250,7 +241,7 @@ def train(model: torch.nn.Module, train_rows: Sequence, val_rows: Sequence, coll
         epoch_end = state.step % plan.steps_per_epoch == 0 or state.step == total_steps
         improved = False
         if val_rows and (epoch_end or (config.eval_every and state.step % config.eval_every == 0)):
-            valid_loss, valid_accuracy = evaluate(model, val_rows, collate, eval_objective, micro_batch,
+            valid_loss, valid_accuracy = evaluate(model, val_rows, collate, eval_objective, config.batch_size,
                                                   config, ctx)
             event.update(valid_loss=valid_loss, valid_mean_token_accuracy=valid_accuracy)
             improved = state.best_valid_loss is None or valid_loss < state.best_valid_loss
@@ -260,8 +251,8 @@ def train(model: torch.nn.Module, train_rows: Sequence, val_rows: Sequence, coll
                 state.evals_without_improvement += 1
                 state.stopped_early = bool(config.patience) and state.evals_without_improvement >= config.patience
         events.write(event)
+        progress.set_postfix(loss=f"{train_loss:.4f}", tok_s=f"{event['tokens_per_second']:.0f}", refresh=False)
         progress.update(1)
-        progress.set_postfix(loss=f"{train_loss:.4f}", tok_s=f"{event['tokens_per_second']:.0f}")
         if (epoch_end or improved or state.stopped_early
                 or (config.save_every and state.step % config.save_every == 0)):
             last_saved = save_checkpoint(checkpoints_dir, model, optimizer, scheduler, state,

@@ -13,7 +13,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-IGNORE_INDEX = -100
+from workbench.data import IGNORE_INDEX, model_inputs
 
 
 def unwrap(model):
@@ -29,9 +29,7 @@ def count_supervised(batch: dict) -> int:
 def supervised_hidden_states(model, batch: dict) -> tuple[torch.Tensor, torch.Tensor]:
     """Final hidden states [N, hidden] at the positions whose next token is supervised,
     and those N target ids."""
-    decoder = unwrap(model).get_decoder()
-    extra = {key: batch[key] for key in ("attention_mask", "position_ids") if key in batch}
-    hidden = decoder(input_ids=batch["input_ids"], use_cache=False, **extra).last_hidden_state
+    hidden = unwrap(model).get_decoder()(**model_inputs(batch)).last_hidden_state
     targets = batch["labels"][:, 1:]
     mask = targets != IGNORE_INDEX
     return hidden[:, :-1][mask], targets[mask]

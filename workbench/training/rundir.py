@@ -1,0 +1,64 @@
+"""The run directory OUT of a training engine (sft, distill): its identity, and the final
+checkpoint written into it.
+
+OUT holds the run itself (run.json: the settings and input fingerprints that define it;
+events.jsonl, loss.png, checkpoints/) and, once training is done, the resulting model as a
+checkpoint (config.json, weights, tokenizer, workbench.json). Re-running the same command
+resumes an interrupted run or returns the finished one; a directory holding anything else
+is refused unless the user says --resume (continue that run with new settings) or --overwrite.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from pathlib import Path
+
+from workbench.checkpoint import CONFIG_FILE, Checkpoint, parse_dtype, save_model
+from workbench.errors import ConfigError
+
+RUN_FILE = "run.json"
+
+
+def check_run_dir(out: Path, identity: dict, *, resume: bool, overwrite: bool) -> str:
+    """'new', 'continue' (resume from OUT/checkpoints) or 'done' (OUT holds this finished run).
+    Reads only: nothing is written before every input has been checked."""
+    if not out.exists():
+        return "new"
+    if not out.is_dir():
+        raise ConfigError(f"{out}: exists and is a file, expected an output directory")
+    if overwrite or not any(out.iterdir()):
+        return "new"
+    run_file = out / RUN_FILE
+    if not run_file.exists():
+        raise ConfigError(f"{out}: exists and holds something other than a training run; "
+                          "pass --overwrite to replace it")
+    recorded = json.loads(run_file.read_text())
+    if recorded != identity and not resume:
+        changed = sorted(k for k in recorded.keys() | identity.keys() if recorded.get(k) != identity.get(k))
+        raise ConfigError(f"{out}: holds a different run (differs in {', '.join(changed)}); pass --resume "
+                          "to continue it with these settings or --overwrite to start over")
+    if recorded == identity and (out / CONFIG_FILE).exists():
+        return "done"
+    return "continue"
+
+
+def start_run_dir(out: Path, identity: dict, status: str, overwrite: bool) -> None:
+    if status == "new" and overwrite and out.exists():
+        shutil.rmtree(out)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / CONFIG_FILE).unlink(missing_ok=True)  # OUT is a checkpoint again only once training is done
+    (out / RUN_FILE).write_text(json.dumps(identity, indent=2) + "\n")
+
+
+def write_final_model(model, out: Path, base: Checkpoint, lineage: dict) -> None:
+    """Make OUT a checkpoint: the model's weights in the base model's dtype, the base's tokenizer,
+    chat template and generation config, lineage. Written beside OUT and moved in with
+    config.json last, so OUT never looks like a partial checkpoint."""
+    staging = out.parent / f".{out.name}.final-{os.getpid()}"
+    dtype = parse_dtype(base.config.get("dtype") or base.config.get("torch_dtype") or "float32")
+    save_model(model, staging, lineage=lineage, support_from=base.path, dtype=dtype, overwrite=True)
+    for path in sorted(staging.iterdir(), key=lambda p: p.name == CONFIG_FILE):
+        os.replace(path, out / path.name)
+    staging.rmdir()
