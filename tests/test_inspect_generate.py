@@ -7,6 +7,8 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from tests.cli_helpers import run_workbench
 from workbench.checkpoint import Checkpoint
+from workbench.generation import generate_text
+from workbench.modeling import load_model, load_tokenizer
 
 
 def test_inspect_json_describes_checkpoint(tiny_llama_tied):
@@ -50,13 +52,14 @@ def test_generate_greedy_equals_transformers(tiny_qwen2):
 
 
 def test_generate_sampling_is_seeded(tiny_llama):
-    args = ["generate", tiny_llama, "-p", "hi", "--max-new-tokens", "12", "--temperature", "1.5"]
-    first = run_workbench(*args, "--seed", "1")
-    again = run_workbench(*args, "--seed", "1")
-    other = run_workbench(*args, "--seed", "2")
-    assert first.returncode == 0, first.stderr
-    assert first.stdout == again.stdout
-    assert first.stdout != other.stdout
+    model, tokenizer = load_model(tiny_llama), load_tokenizer(tiny_llama)
+
+    def sample(seed):
+        return generate_text(model, tokenizer, "hi", max_new_tokens=12, temperature=1.5, seed=seed)
+
+    greedy = generate_text(model, tokenizer, "hi", max_new_tokens=12)
+    assert sample(1) == sample(1)
+    assert len({sample(1), sample(2), sample(3), greedy}) > 1
 
 
 def test_help_fits_one_screen():
