@@ -85,7 +85,7 @@ KINDS: dict[str, KindSpec] = {
     "student": KindSpec("student", _student_parameters, checkpoint_keys=("teacher",),
                         required=("teacher",)),
     "distill": KindSpec("distill", _distill_parameters, checkpoint_keys=("teacher", "student"),
-                        required=("teacher", "student", "data")),
+                        required=("student", "data")),
     "merge": KindSpec("merge", _merge_parameters, checkpoint_keys=(), required=("merge_method",),
                       free_form=True),
     "eval": KindSpec("eval", _eval_parameters, checkpoint_keys=("models", "reference", "base"),
