@@ -2,9 +2,10 @@
 
 from workbench.commands.checkpoints import generate, import_group, inspect
 from workbench.commands.data import data_group
+from workbench.commands.distill import distill, student
 from workbench.commands.evaluate import evaluate
 from workbench.commands.merge import merge
 from workbench.commands.recipe import run_recipe
 from workbench.commands.sft import sft
 
-COMMANDS = [import_group, inspect, generate, data_group, sft, merge, run_recipe, evaluate]
+COMMANDS = [import_group, inspect, generate, data_group, sft, student, distill, merge, run_recipe, evaluate]

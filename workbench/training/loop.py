@@ -144,7 +144,7 @@ def accumulate_gradients(runner, micro: list[dict], config: TrainingConfig, ctx:
         last = i == len(micro) - 1
         with nullcontext() if last or not ctx.enabled else runner.no_sync():
             with autocast_context(config.precision, ctx.device):
-                loss_sum, _, correct = runner(batch)
+                loss_sum, _, correct, *_ = runner(batch)
             (loss_sum * (ctx.world_size / global_supervised)).backward()
         totals += torch.stack([loss_sum.detach().double(), torch.as_tensor(correct).double()])
     loss_total, correct_total = all_reduce_sum(totals, ctx).tolist()
@@ -153,20 +153,29 @@ def accumulate_gradients(runner, micro: list[dict], config: TrainingConfig, ctx:
 
 @torch.no_grad()
 def evaluate(model, rows: Sequence, collate, objective: Objective, batch_size: int,
-             config: TrainingConfig, ctx: Dist) -> tuple[float, float]:
-    """Mean loss and token accuracy over all supervised tokens of the validation rows."""
+             config: TrainingConfig, ctx: Dist) -> tuple[float, float, dict[str, float]]:
+    """Mean loss, token accuracy and extra metrics over all supervised tokens of the validation
+    rows. An objective may return a 4th element, a dict of sums over its supervised tokens
+    (a distillation objective's KD loss, student cross-entropy, teacher agreement): each is
+    reported as its mean per supervised token."""
     model.eval()
     mine = list(range(ctx.rank, len(rows), ctx.world_size))
-    totals = torch.zeros(3, dtype=torch.float64, device=ctx.device)
+    totals, extra_names = None, []
     for start in range(0, len(mine), batch_size):
         batch = to_device(collate([rows[i] for i in mine[start:start + batch_size]]), ctx.device)
         with autocast_context(config.precision, ctx.device):
-            loss_sum, count, correct = objective(model, batch)
-        totals += torch.tensor([float(loss_sum), float(count), float(correct)],
-                               dtype=torch.float64, device=ctx.device)
+            loss_sum, count, correct, *more = objective(model, batch)
+        extra = more[0] if more else {}
+        extra_names = sorted(extra)
+        values = [float(loss_sum), float(count), float(correct)] + [float(extra[k]) for k in extra_names]
+        step_totals = torch.tensor(values, dtype=torch.float64, device=ctx.device)
+        totals = step_totals if totals is None else totals + step_totals
     model.train()
-    loss_sum, count, correct = all_reduce_sum(totals, ctx).tolist()
-    return loss_sum / max(count, 1), correct / max(count, 1)
+    if totals is None:  # this rank got no validation row
+        totals = torch.zeros(3, dtype=torch.float64, device=ctx.device)
+    loss_sum, count, correct, *extra_sums = all_reduce_sum(totals, ctx).tolist()
+    count = max(count, 1)
+    return loss_sum / count, correct / count, {k: v / count for k, v in zip(extra_names, extra_sums)}
 
 
 def train(model: torch.nn.Module, train_rows: Sequence, val_rows: Sequence, collate,
@@ -241,9 +250,10 @@ def train(model: torch.nn.Module, train_rows: Sequence, val_rows: Sequence, coll
         epoch_end = state.step % plan.steps_per_epoch == 0 or state.step == total_steps
         improved = False
         if val_rows and (epoch_end or (config.eval_every and state.step % config.eval_every == 0)):
-            valid_loss, valid_accuracy = evaluate(model, val_rows, collate, eval_objective, config.batch_size,
-                                                  config, ctx)
-            event.update(valid_loss=valid_loss, valid_mean_token_accuracy=valid_accuracy)
+            valid_loss, valid_accuracy, valid_extra = evaluate(model, val_rows, collate, eval_objective,
+                                                               config.batch_size, config, ctx)
+            event.update(valid_loss=valid_loss, valid_mean_token_accuracy=valid_accuracy,
+                         **{f"valid_{name}": value for name, value in valid_extra.items()})
             improved = state.best_valid_loss is None or valid_loss < state.best_valid_loss
             if improved:
                 state.best_valid_loss, state.best_step, state.evals_without_improvement = valid_loss, state.step, 0

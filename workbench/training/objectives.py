@@ -1,8 +1,10 @@
 """Training objectives: ``objective(model, batch) -> (loss_sum, num_supervised, num_correct)``.
 
 The loop owns normalization (it divides by the supervised tokens of the whole global batch),
-so an objective returns *sums*. Batches follow the Hugging Face convention: ``labels`` are
-aligned with ``input_ids`` and hold -100 where nothing is learned; the objective shifts them.
+so an objective returns *sums*. It may return a 4th element, a dict of further sums over its
+supervised tokens, which validation reports as means (``valid_<name>`` in events.jsonl).
+Batches follow the Hugging Face convention: ``labels`` are aligned with ``input_ids`` and hold
+-100 where nothing is learned; the objective shifts them.
 
 Only positions whose next token is supervised go through the output head: prompt tokens
 never produce [tokens x vocab] logits, which saves time and memory on chat data.

@@ -1,0 +1,110 @@
+"""`workbench student init` (cut a student from a teacher) and `workbench distill`."""
+
+from __future__ import annotations
+
+import os
+
+import click
+
+from workbench.commands.config_options import config_from_cli, config_options
+from workbench.commands.sft import HELP as SFT_HELP
+from workbench.distill.config import DistillConfig
+from workbench.training.config import TrainingConfig
+
+
+@click.group("student")
+def student() -> None:
+    """Make student checkpoints for distillation."""
+
+
+@student.command("init")
+@click.argument("teacher", type=click.Path(path_type=str))
+@click.argument("out_dir", type=click.Path(file_okay=False, path_type=str))
+@click.option("--num-layers", type=int, default=None,
+              help="Keep N decoder layers spread evenly over the teacher's (first and last kept).")
+@click.option("--layers", default=None, help="Keep exactly these teacher layers, e.g. 0,3,6.")
+@click.option("--overwrite", is_flag=True, help="Replace OUT_DIR if it exists.")
+def student_init(teacher: str, out_dir: str, num_layers: int | None, layers: str | None,
+                 overwrite: bool) -> None:
+    """Write a student to OUT_DIR from TEACHER's embeddings, final norm, lm_head and some of its
+    decoder layers, with the teacher's tokenizer and an adjusted config."""
+    from workbench.distill.student import init_student, parse_layer_list
+
+    chosen = parse_layer_list(layers) if layers is not None else None
+    ckpt = init_student(teacher, out_dir, num_layers=num_layers, layers=chosen, overwrite=overwrite)
+    metrics = ckpt.lineage["metrics"]
+    click.echo(f"wrote {ckpt.path}: layers {ckpt.lineage['parameters']['layers']}, "
+               f"{metrics['parameters']:,} parameters ({metrics['parameters_vs_teacher']:.1%} of the "
+               f"teacher's {metrics['teacher_parameters']:,})")
+
+
+HELP = {
+    **{key: SFT_HELP[key] for key in TrainingConfig.field_names()},
+    "teacher": "Teacher checkpoint (not needed with --teacher-cache).",
+    "student": "Student checkpoint with the teacher's tokenizer (see `workbench student init`).",
+    "data": "Training data: chat JSONL ({'messages': [...]}) or prompt/completion JSONL.",
+    "out": "Output directory: the distilled student plus events, loss.png, checkpoints/.",
+    "val_data": "Validation JSONL (default: hold out --val-split of --data).",
+    "val_split": "Share of --data held out for validation when no --val-data.",
+    "truncation": "Examples longer than --max-length: truncate | drop.",
+    "loss": "reverse_kl (KL(student||teacher)) | forward_kl (KL(teacher||student)) | jsd.",
+    "beta": "jsd mixture weight of the teacher: 0 is forward_kl, 1 is reverse_kl.",
+    "temperature": "Softmax temperature of both models in the KD term (loss scaled by T^2).",
+    "alpha": "Weight of the KD loss; 1 - alpha goes to cross-entropy on the labels.",
+    "chunk_size": "Tokens per chunk of the loss (memory ~ chunk x vocab).",
+    "teacher_dtype": "Teacher weights dtype: float32 | bfloat16 | float16 (default: its own).",
+    "teacher_device": "Teacher device, e.g. cpu or cuda:1 (default: the student's).",
+    "teacher_cache": "Use a cache from `workbench distill cache-teacher` instead of running the teacher.",
+}
+
+
+@click.group("distill", invoke_without_command=True)
+@config_options(DistillConfig, HELP)
+@click.pass_context
+def distill(ctx: click.Context, config_file: str | None, **given) -> None:
+    """Distill a teacher into a student on chat data; OUT becomes the distilled student.
+
+    Validation reports the KD loss, the student's cross-entropy and its top-1 agreement with the
+    teacher. Re-running the same command resumes. Data-parallel:
+    torchrun --nproc_per_node=N -m workbench distill ...
+    """
+    if ctx.invoked_subcommand is not None:
+        return
+    from workbench import distill as engine
+
+    config = config_from_cli(DistillConfig, config_file, given)
+    checkpoint = engine.run(config)
+    if os.environ.get("RANK", "0") == "0":
+        metrics = (checkpoint.lineage or {}).get("metrics", {})
+        shown = ("train_loss", "valid_kd_loss", "valid_student_ce", "valid_teacher_agreement")
+        summary = ", ".join(f"{key} {metrics[key]:.4f}" for key in shown if key in metrics)
+        click.echo(f"wrote {checkpoint.path}" + (f" ({summary})" if summary else ""))
+
+
+@distill.command("cache-teacher")
+@click.option("--teacher", required=True, help="Teacher checkpoint.")
+@click.option("--data", required=True, help="The chat JSONL you will distill on.")
+@click.option("--out", required=True, help="Cache directory to write.")
+@click.option("--top-k", type=int, default=64, show_default=True, help="Token log-probs kept per position.")
+@click.option("--val-data", default=None, help="Validation JSONL, as you will pass to distill.")
+@click.option("--val-split", type=float, default=0.1, show_default=True, help="As for distill.")
+@click.option("--max-length", type=int, default=1024, show_default=True, help="As for distill.")
+@click.option("--truncation", type=click.Choice(["truncate", "drop"]), default="truncate", show_default=True)
+@click.option("--seed", type=int, default=0, show_default=True, help="As for distill (decides the split).")
+@click.option("--temperature", type=float, default=1.0, show_default=True,
+              help="Teacher temperature; distill must use the same.")
+@click.option("--dtype", type=click.Choice(["float16", "float32"]), default="float16", show_default=True,
+              help="Stored log-prob dtype.")
+@click.option("--teacher-dtype", type=click.Choice(["float32", "bfloat16", "float16"]), default=None)
+@click.option("--teacher-device", default="cpu", show_default=True)
+@click.option("--batch-size", type=int, default=8, show_default=True, help="Examples per teacher forward pass.")
+@click.option("--overwrite", is_flag=True, help="Replace OUT if it exists.")
+def cache_teacher(**options) -> None:
+    """Run the teacher once over the data and store, for every supervised token, its top-k token
+    ids and log-probs (plus the remaining mass); `workbench distill --teacher-cache OUT` then
+    trains students without loading the teacher."""
+    from workbench.distill.cache import build_teacher_cache
+
+    manifest = build_teacher_cache(**options)
+    click.echo(f"wrote {options['out']}: {manifest['tokens']:,} tokens from {manifest['examples']} examples, "
+               f"top-{manifest['top_k']}, {manifest['bytes_per_token']} bytes/token")

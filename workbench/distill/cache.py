@@ -1,0 +1,231 @@
+"""Offline teacher: its top-k next-token log-probabilities, computed once, reused by many students.
+
+A cache directory holds ``teacher_cache.json`` (what it was made from: teacher, data and
+tokenizer fingerprints, top-k, temperature, the data settings that decide the examples, and
+its size) and ``topk.safetensors``: for every supervised token of every train and validation
+example, in order, the top-k ids (uint16 when the vocab fits, else int32), their log-probs and
+the log of the remaining probability mass (float16 by default), plus each example's content
+key and first row. Examples are found by content, so the cache is independent of shuffling
+and packing. The directory appears complete or not at all.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from workbench.checkpoint import Checkpoint, file_fingerprint, parse_dtype
+from workbench.distill.losses import SparseTeacher
+from workbench.errors import ConfigError
+
+MANIFEST = "teacher_cache.json"
+TENSORS = "topk.safetensors"
+FORMAT = 1
+IGNORE_INDEX = -100
+
+
+def example_key(example) -> int:
+    """A 63-bit content key of a tokenized example (its ids and labels)."""
+    digest = hashlib.blake2b(digest_size=8)
+    digest.update(torch.tensor(example.input_ids, dtype=torch.int64).numpy().tobytes())
+    digest.update(torch.tensor(example.labels, dtype=torch.int64).numpy().tobytes())
+    return int.from_bytes(digest.digest(), "little") >> 1
+
+
+def supervised_next_tokens(example) -> int:
+    """How many next-token targets an example supervises (the rows it owns in the cache)."""
+    return sum(label != IGNORE_INDEX for label in example.labels[1:])
+
+
+def tokenizer_fingerprint(tokenizer) -> str:
+    """Hash of the token -> id map (added tokens included): equal maps give equal token ids."""
+    vocab = sorted(tokenizer.get_vocab().items(), key=lambda item: item[1])
+    return hashlib.blake2b(json.dumps(vocab).encode(), digest_size=16).hexdigest()
+
+
+@dataclass
+class TeacherCache:
+    """A cache directory opened for training: manifest, and rows looked up by example."""
+
+    path: Path
+    manifest: dict
+    ids: torch.Tensor
+    logprobs: torch.Tensor
+    rest: torch.Tensor
+    first_row: dict[int, int]
+
+    @classmethod
+    def open(cls, path: str | os.PathLike) -> "TeacherCache":
+        from safetensors.torch import load_file
+
+        path = Path(path)
+        manifest_path = path / MANIFEST
+        if not manifest_path.exists():
+            raise ConfigError(f"{path}: not a teacher cache (no {MANIFEST}; make one with "
+                              "`workbench distill cache-teacher`)")
+        manifest = json.loads(manifest_path.read_text())
+        if manifest.get("format") != FORMAT:
+            raise ConfigError(f"{manifest_path}: cache format {manifest.get('format')}, expected {FORMAT}")
+        tensors = load_file(str(path / TENSORS))
+        first_row = dict(zip(tensors["example_keys"].tolist(), tensors["example_rows"].tolist()))
+        return cls(path, manifest, tensors["ids"], tensors["logprobs"], tensors["rest_logprob"], first_row)
+
+    def check_matches(self, *, data_fingerprint: str, val_data_fingerprint: str | None,
+                      teacher_fingerprint: str | None, tokenizer_print: str, settings: dict) -> None:
+        """Refuse a cache made from other data, another teacher or tokenizer, or other settings."""
+        made = self.manifest
+        where = self.path / MANIFEST
+        if made["data_fingerprint"] != data_fingerprint:
+            raise ConfigError(f"{where}: the cache was made from other data ({made['data']}, fingerprint "
+                              f"{made['data_fingerprint'][:12]}); remake it for this --data")
+        if made.get("val_data_fingerprint") != val_data_fingerprint:
+            raise ConfigError(f"{where}: the cache was made with other validation data; remake it")
+        if teacher_fingerprint is not None and made["teacher_fingerprint"] != teacher_fingerprint:
+            raise ConfigError(f"{where}: the cache was made by another teacher ({made['teacher']}, fingerprint "
+                              f"{made['teacher_fingerprint'][:12]}); remake it for this --teacher")
+        if made["tokenizer_fingerprint"] != tokenizer_print:
+            raise ConfigError(f"{where}: the cache's teacher uses a different tokenizer than the student")
+        for key, value in settings.items():
+            if made[key] != value:
+                raise ConfigError(f"{where}: the cache was made with {key} = {made[key]!r}, this run uses "
+                                  f"{value!r}; remake the cache or use the same {key}")
+
+    def rows_for(self, examples) -> SparseTeacher:
+        """The teacher rows of these examples' supervised tokens, in order."""
+        pieces = []
+        for example in examples:
+            start = self.first_row.get(example_key(example))
+            if start is None:
+                raise ConfigError(f"{self.path}: holds no entry for example {example.source}; remake the cache")
+            pieces.append(slice(start, start + supervised_next_tokens(example)))
+        index = torch.cat([torch.arange(p.start, p.stop) for p in pieces])
+        return SparseTeacher(self.ids[index].long(), self.logprobs[index].float(), self.rest[index].float(),
+                             self.manifest["vocab_size"])
+
+
+def cached_collate(collate, cache: TeacherCache):
+    """A collate that adds the cached teacher rows of the batch (teacher_ids, teacher_logprobs,
+    teacher_rest, and teacher_vocab) in the order in which the objective meets the supervised tokens: row by row,
+    and within a packed row example by example."""
+
+    def collate_with_teacher(rows):
+        batch = collate(rows)
+        examples = [example for row in rows for example in (row if isinstance(row, list) else [row])]
+        teacher = cache.rows_for(examples)
+        batch.update(teacher_ids=teacher.ids, teacher_logprobs=teacher.logprobs, teacher_rest=teacher.rest_logprob,
+                     teacher_vocab=teacher.vocab)
+        return batch
+
+    return collate_with_teacher
+
+
+@torch.no_grad()
+def teacher_topk(hidden: torch.Tensor, weight: torch.Tensor, k: int, temperature: float,
+                 chunk_size: int) -> SparseTeacher:
+    """Top-k ids, log-probs and remaining log-mass of softmax(hidden @ weight.T / T), by chunks
+    (``weight`` in float32)."""
+    ids, logprobs, rest = [], [], []
+    for start in range(0, hidden.shape[0], chunk_size):
+        logp = torch.log_softmax((hidden[start:start + chunk_size].float() @ weight.T) / temperature, dim=1)
+        top = logp.topk(k, dim=1)
+        ids.append(top.indices)
+        logprobs.append(top.values)
+        rest.append(logp.scatter_(1, top.indices, float("-inf")).logsumexp(dim=1))
+    return SparseTeacher(torch.cat(ids), torch.cat(logprobs), torch.cat(rest))
+
+
+def write_cache(out: str | os.PathLike, manifest: dict, teacher: SparseTeacher, keys: list[int],
+                first_rows: list[int], logprob_dtype: torch.dtype) -> dict:
+    """Write the cache directory atomically; returns the manifest with its size added."""
+    from safetensors.torch import save_file
+
+    out = Path(out)
+    vocab = manifest["vocab_size"]
+    id_dtype = torch.uint16 if vocab <= 2**16 else torch.int32
+    tensors = {
+        "ids": teacher.ids.to(id_dtype).contiguous(),
+        "logprobs": teacher.logprobs.to(logprob_dtype).contiguous(),
+        "rest_logprob": teacher.rest_logprob.to(logprob_dtype).contiguous(),
+        "example_keys": torch.tensor(keys, dtype=torch.int64),
+        "example_rows": torch.tensor(first_rows, dtype=torch.int64),
+    }
+    tokens = teacher.ids.shape[0]
+    per_token = sum(tensors[n].element_size() * tensors[n][0].numel() for n in ("ids", "logprobs", "rest_logprob"))
+    manifest = {**manifest, "tokens": tokens, "bytes_per_token": per_token,
+                "id_dtype": str(id_dtype).removeprefix("torch."),
+                "logprob_dtype": str(logprob_dtype).removeprefix("torch.")}
+    tmp = out.parent / f".{out.name}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+    tmp.mkdir(parents=True)
+    try:
+        save_file(tensors, str(tmp / TENSORS))
+        (tmp / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n")
+        if out.exists():
+            shutil.rmtree(out)
+        os.rename(tmp, out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return manifest
+
+
+def check_out_dir(out: str | os.PathLike, overwrite: bool) -> None:
+    out = Path(out)
+    if out.exists() and not overwrite:
+        raise ConfigError(f"{out}: already exists (pass --overwrite to replace it)")
+
+
+def build_teacher_cache(teacher: str, data: str, out: str, *, top_k: int = 64, val_data: str | None = None,
+                        val_split: float = 0.1, max_length: int = 1024, truncation: str = "truncate",
+                        seed: int = 0, temperature: float = 1.0, dtype: str = "float16",
+                        teacher_dtype: str | None = None, teacher_device: str = "cpu", batch_size: int = 8,
+                        chunk_size: int = 1024, overwrite: bool = False) -> dict:
+    """Run the teacher over the train and validation examples that `workbench distill` makes
+    from ``data`` with the same settings, and write the cache; returns its manifest (with
+    tokens and bytes_per_token). Distilling with it needs the same data settings and temperature."""
+    from workbench.data import pad_collate, prepare_datasets
+    from workbench.distill.objective import output_weight
+    from workbench.modeling import load_model, load_tokenizer
+    from workbench.training.objectives import supervised_hidden_states
+
+    teacher_ckpt = Checkpoint(teacher)
+    vocab = teacher_ckpt.vocab_size
+    if not 1 <= top_k <= vocab:
+        raise ConfigError(f"top_k must be between 1 and the teacher's vocab size {vocab}, got {top_k}")
+    if not temperature > 0:
+        raise ConfigError(f"temperature must be > 0, got {temperature!r}")
+    logprob_dtype = parse_dtype(dtype)
+    check_out_dir(out, overwrite)
+    tokenizer = load_tokenizer(teacher_ckpt.path)
+    train_examples, val_examples, _ = prepare_datasets(
+        data, tokenizer, max_length, val_path=val_data, val_split=val_split, seed=seed, truncation=truncation)
+    examples = train_examples + val_examples
+    model = load_model(teacher_ckpt.path, dtype=parse_dtype(teacher_dtype), device=teacher_device)
+    weight = output_weight(model).detach().float()
+    pieces, keys, first_rows, row = [], [], [], 0
+    for start in range(0, len(examples), batch_size):
+        chunk = examples[start:start + batch_size]
+        batch = {k: v.to(teacher_device) for k, v in pad_collate(chunk, pad_id=tokenizer.pad_token_id or 0).items()}
+        with torch.no_grad():
+            hidden, _ = supervised_hidden_states(model, batch)
+        pieces.append(teacher_topk(hidden, weight, top_k, temperature, chunk_size))
+        for example in chunk:
+            keys.append(example_key(example))
+            first_rows.append(row)
+            row += supervised_next_tokens(example)
+    cached = SparseTeacher(*(torch.cat([p[i] for p in pieces]).cpu() for i in range(3)))
+    manifest = {
+        "format": FORMAT, "teacher": str(teacher_ckpt.path), "teacher_fingerprint": teacher_ckpt.fingerprint(),
+        "data": str(data), "data_fingerprint": file_fingerprint(data),
+        "val_data_fingerprint": file_fingerprint(val_data) if val_data else None,
+        "tokenizer_fingerprint": tokenizer_fingerprint(tokenizer), "vocab_size": vocab, "top_k": top_k,
+        "temperature": temperature, "max_length": max_length, "truncation": truncation,
+        "val_split": val_split, "seed": seed, "examples": len(examples),
+    }
+    return write_cache(out, manifest, cached, keys, first_rows, logprob_dtype)

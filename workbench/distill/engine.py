@@ -1,0 +1,104 @@
+"""Distillation: teacher (online or cached) + student + chat JSONL in, distilled student out.
+
+``run`` checks everything it can before writing anything (config, checkpoints, tokenizers,
+teacher cache, data, the output directory), then trains the student with the shared loop and
+the chunked distillation objective, and writes OUT as a checkpoint (plus run.json,
+events.jsonl, loss.png and checkpoints/, so re-running the same command resumes).
+"""
+
+from __future__ import annotations
+
+import sys
+from functools import partial
+from pathlib import Path
+
+import torch
+
+from workbench.checkpoint import Checkpoint, file_fingerprint, make_lineage, parse_dtype
+from workbench.distill.cache import TeacherCache, cached_collate, tokenizer_fingerprint
+from workbench.distill.config import DistillConfig
+from workbench.distill.objective import DistillObjective, check_same_tokenizer
+from workbench.training import setup_distributed, train
+from workbench.training.distributed import barrier
+from workbench.training.events import plot_loss_curve
+from workbench.training.rundir import check_run_dir, start_run_dir, write_final_model
+
+
+def run(config: DistillConfig) -> Checkpoint:
+    """Distill ``config.teacher`` (or ``config.teacher_cache``) into ``config.student`` on
+    ``config.data``, writing ``config.out``; return the distilled checkpoint."""
+    from workbench.data import pack_examples, packed_collate, pad_collate, prepare_datasets
+    from workbench.modeling import load_model, load_tokenizer
+
+    config.validate()
+    ctx = setup_distributed()
+    student = Checkpoint(config.student)
+    teacher = Checkpoint(config.teacher) if config.teacher else None
+    tokenizer = load_tokenizer(student.path)
+    cache = None
+    if config.teacher_cache:
+        cache = TeacherCache.open(config.teacher_cache)
+        cache.check_matches(
+            data_fingerprint=file_fingerprint(config.data),
+            val_data_fingerprint=file_fingerprint(config.val_data) if config.val_data else None,
+            teacher_fingerprint=teacher.fingerprint() if teacher else None,
+            tokenizer_print=tokenizer_fingerprint(tokenizer),
+            settings=data_settings(config) | {"temperature": config.temperature})
+    else:
+        check_same_tokenizer(tokenizer, load_tokenizer(teacher.path), student.path, teacher.path)
+    teacher_params = teacher.num_parameters if teacher else None
+    if teacher_params and student.num_parameters > teacher_params and ctx.is_main:
+        print(f"warning: the student ({student.num_parameters:,} parameters) is larger than the teacher "
+              f"({teacher_params:,})", file=sys.stderr)
+
+    out = Path(config.out)
+    inputs = {"student": student, "data": config.data, **({"teacher": teacher} if teacher else {}),
+              **({"val_data": config.val_data} if config.val_data else {})}
+    identity = {**config.run_identity(), "student_fingerprint": student.fingerprint(),
+                "teacher_fingerprint": teacher.fingerprint() if teacher else cache.manifest["teacher_fingerprint"],
+                "data_fingerprint": file_fingerprint(config.data),
+                "val_data_fingerprint": file_fingerprint(config.val_data) if config.val_data else None}
+    status = check_run_dir(out, identity, resume=config.resume, overwrite=config.overwrite)
+    if status == "done":
+        return Checkpoint(out)
+
+    train_examples, val_examples, stats = prepare_datasets(
+        config.data, tokenizer, config.max_length, val_path=config.val_data, val_split=config.val_split,
+        seed=config.seed, truncation=config.truncation)
+    pad_id = tokenizer.pad_token_id or 0
+    if config.packing:
+        train_rows, val_rows = pack_examples(train_examples, config.max_length), pack_examples(val_examples, config.max_length)
+        collate = partial(packed_collate, pad_id=pad_id)
+    else:
+        train_rows, val_rows = train_examples, val_examples
+        collate = partial(pad_collate, pad_id=pad_id)
+    if cache is not None:
+        collate = cached_collate(collate, cache)
+        objective = DistillObjective(config.loss_spec)
+    else:
+        teacher_model = load_model(teacher.path, dtype=parse_dtype(config.teacher_dtype),
+                                   device=config.teacher_device or str(ctx.device))
+        objective = DistillObjective(config.loss_spec, teacher_model, device=ctx.device)
+
+    torch.manual_seed(config.seed)
+    model = load_model(student.path, dtype=torch.float32)
+    barrier(ctx)  # every rank has checked its inputs; only now is anything written
+    if ctx.is_main:
+        start_run_dir(out, identity, status, config.overwrite)
+    barrier(ctx)
+    result = train(model, train_rows, val_rows, collate, config, out, ctx, objective)
+    if ctx.is_main:
+        plot_loss_curve(out)
+        lineage = make_lineage("distill", parameters=config.run_identity(), inputs=inputs,
+                               metrics={**result.metrics, "data": stats.to_dict()})
+        write_final_model(model, out, student, lineage)
+    barrier(ctx)
+    if ctx.enabled:
+        torch.distributed.destroy_process_group()
+    return Checkpoint(out)
+
+
+def data_settings(config) -> dict:
+    """The settings that decide which tokenized examples the data pipeline produces."""
+    return {"max_length": config.max_length, "truncation": config.truncation,
+            "val_split": config.val_split, "seed": config.seed}
