@@ -21,7 +21,7 @@ from __future__ import annotations
 import copy
 import itertools
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import yaml
@@ -49,7 +49,6 @@ class Step:
     kind: str
     params: dict  # coerced values; checkpoint inputs are Ref or Path, data files Path
     group: str  # the id as written, before matrix expansion
-    matrix: dict = field(default_factory=dict)  # this variant's matrix values
 
     @property
     def dependencies(self) -> list[str]:
@@ -173,7 +172,7 @@ def _normalize_keys(params: dict) -> dict:
 
 
 def _parse_steps(raw_steps: list, defaults: dict, problems: Problems) -> list[_Written]:
-    written, seen = [], set()
+    written = []
     for index, raw in enumerate(raw_steps):
         label = f"steps[{index}]"
         if not isinstance(raw, dict):
@@ -184,9 +183,6 @@ def _parse_steps(raw_steps: list, defaults: dict, problems: Problems) -> list[_W
             problems.add(f"{label} needs an 'id' of letters, digits, '-', '_' or '.'")
             continue
         label = step_id
-        if step_id in seen:
-            problems.add("duplicate step id", step_id)
-        seen.add(step_id)
         kinds = [k for k in raw if k not in STEP_KEYS]
         unknown = [k for k in kinds if k not in KINDS]
         for key in unknown:
@@ -250,12 +246,11 @@ def _expand_matrices(written: list[_Written], problems: Problems) -> list[Step]:
         for values in itertools.product(*(w.matrix[k] for k in keys)):
             suffix = "-".join(_id_part(v) for v in values)
             variant = dict(zip(keys, values))
-            steps.append(Step(f"{w.id}-{suffix}", w.kind, {**copy.deepcopy(w.params), **variant}, group=w.id,
-                              matrix=variant))
+            steps.append(Step(f"{w.id}-{suffix}", w.kind, {**copy.deepcopy(w.params), **variant}, group=w.id))
     seen = set()
     for step in steps:
-        if step.id in seen and step.matrix:
-            problems.add("matrix produces this id twice (or it clashes with another step)", step.id)
+        if step.id in seen:
+            problems.add("duplicate step id (matrix variants are named <id>-<value>)", step.id)
         seen.add(step.id)
     return steps
 

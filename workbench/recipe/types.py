@@ -53,24 +53,8 @@ def coerce(value, annotation):
         if isinstance(value, bool):
             return value
         raise TypeMismatch(f"true or false (got {_describe(value)})")
-    if annotation is int:
-        if isinstance(value, int) and not isinstance(value, bool):
-            return value
-        if isinstance(value, str):
-            try:
-                return int(value)
-            except ValueError:
-                pass
-        raise TypeMismatch(f"an integer (got {_describe(value)})")
-    if annotation is float:
-        if isinstance(value, (int, float)) and not isinstance(value, bool):
-            return float(value)
-        if isinstance(value, str):
-            try:
-                return float(value)
-            except ValueError:
-                pass
-        raise TypeMismatch(f"a number (got {_describe(value)})")
+    if annotation in (int, float):
+        return _number(value, annotation)
     if annotation is str:
         if isinstance(value, str):
             return value
@@ -82,6 +66,20 @@ def coerce(value, annotation):
     if isinstance(annotation, type):
         raise TypeMismatch(f"a {annotation.__name__} (got {_describe(value)})")
     return value
+
+
+def _number(value, kind: type):
+    """An int or float; numeric strings ('5e-5', which YAML leaves a string) are parsed."""
+    if isinstance(value, bool):
+        pass
+    elif isinstance(value, int) or (kind is float and isinstance(value, float)):
+        return kind(value)
+    elif isinstance(value, str):
+        try:
+            return kind(value)
+        except ValueError:
+            pass
+    raise TypeMismatch(f"{'an integer' if kind is int else 'a number'} (got {_describe(value)})")
 
 
 def _describe(value) -> str:
