@@ -12,6 +12,7 @@ from tests.cli_helpers import REPO_ROOT
 from workbench.cli import main
 from workbench.errors import WorkbenchError
 from workbench.recipe import load_recipe
+from workbench.recipe.report import write_report
 from workbench.recipe.runner import Runner
 from workbench.recipe.state import read_record, write_record
 
@@ -115,6 +116,8 @@ def test_selection_options_and_failed_step(tmp_path):
     with pytest.raises(WorkbenchError, match=r"^step 'bad' \(sft\) failed: .*no_such_module"):
         Runner(load_recipe(path), runs, log=lambda _: None).run()
     assert read_record(runs / "broken", "base").status == "done"
+    report = write_report(load_recipe(path), runs / "broken").read_text()
+    assert "| bad | sft | failed: " in report and "no_such_module" in report
     assert plan(path, runs) == {"base": ("cached", "finished output with the same fingerprint"),
                                 "bad": ("run", "its last run failed")}
     from workbench.recipe.runner import Selection
