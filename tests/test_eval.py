@@ -1,0 +1,129 @@
+"""Evaluation: metrics against plain transformers computations, answer matching, the
+comparison table with its baseline, and bad input."""
+
+import json
+import math
+
+import pytest
+import torch
+
+from tests.cli_helpers import run_workbench
+from workbench.checkpoint import Checkpoint, make_lineage, save_model
+from workbench.data import load_conversations, tokenize_conversation
+from workbench.errors import CheckpointError, ConfigError, DataError
+from workbench.evaluate import EvalConfig, run
+from workbench.evaluate.answers import greedy_answers, prompt_of
+from workbench.evaluate.metrics import answer_matches, token_metrics
+from workbench.generation import generate_text
+from workbench.modeling import load_model, load_tokenizer
+
+ROWS = [("upper: cat", "CAT"), ("upper: stone", "STONE"), ("count: dog", "3"),
+        ("say hello to the fox", "hello fox, the quick brown fox"), ("count: river", "5")]
+
+
+@pytest.fixture
+def data_file(tmp_path):
+    path = tmp_path / "held-out.jsonl"
+    lines = [json.dumps({"messages": [{"role": "system", "content": "answer briefly"},
+                                      {"role": "user", "content": q}, {"role": "assistant", "content": a}]})
+             for q, a in ROWS]
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+@pytest.fixture(scope="module")
+def tuned(tiny_llama, tmp_path_factory):
+    """A perturbed copy of tiny_llama whose lineage names tiny_llama as its model."""
+    model = load_model(tiny_llama)
+    torch.manual_seed(1)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(0.05 * torch.randn_like(p))
+    out = tmp_path_factory.mktemp("eval") / "tuned"
+    save_model(model, out, lineage=make_lineage("test", {}, {"model": Checkpoint(tiny_llama)}),
+               support_from=tiny_llama)
+    return out
+
+
+def test_loss_and_accuracy_equal_a_per_example_transformers_reference(tiny_llama, data_file):
+    model, tokenizer = load_model(tiny_llama), load_tokenizer(tiny_llama)
+    examples = [tokenize_conversation(tokenizer, c) for c in load_conversations(data_file)]
+    total, correct, count = 0.0, 0, 0
+    with torch.no_grad():
+        for ex in examples:
+            ids, labels = torch.tensor([ex.input_ids]), torch.tensor([ex.labels])
+            out = model(input_ids=ids, labels=labels)  # transformers' own shifted, masked mean
+            n = int((labels[:, 1:] != -100).sum())
+            total += out.loss.item() * n
+            predicted = out.logits[0, :-1].argmax(-1)
+            mask = labels[0, 1:] != -100
+            correct += int((predicted[mask] == labels[0, 1:][mask]).sum())
+            count += n
+    for batch_size in (1, 3):  # padding must not change anything
+        got = token_metrics(model, examples, tokenizer.pad_token_id, batch_size)
+        assert got.tokens == count
+        assert got.loss == pytest.approx(total / count, rel=1e-5)
+        assert got.perplexity == pytest.approx(math.exp(total / count), rel=1e-5)
+        assert got.token_accuracy == pytest.approx(correct / count)
+
+
+def test_batched_greedy_answers_equal_one_by_one_generation(tiny_llama, data_file):
+    model, tokenizer = load_model(tiny_llama), load_tokenizer(tiny_llama)
+    prompts = [prompt_of(c) for c in load_conversations(data_file)]
+    batched = greedy_answers(model, tokenizer, prompts, max_new_tokens=8, batch_size=4)
+    single = [generate_text(model, tokenizer, p.question, max_new_tokens=8, system="answer briefly")
+              for p in prompts]
+    assert batched == single
+
+
+@pytest.mark.parametrize("mode,answer,expected,hit", [
+    ("exact", "  Paris \n", "paris", True),
+    ("exact", "Paris, France", "paris", False),
+    ("contains", "It is PARIS.", "paris", True),
+    ("contains", "Rome", "paris", False),
+    ("regex", "The answer is 42", r"the answer is \d+", True),
+    ("regex", "answer 42 and more", r"answer \d+", False),  # the whole answer must match
+])
+def test_answer_matching(mode, answer, expected, hit):
+    assert answer_matches(answer, expected, mode) is hit
+
+
+def test_comparison_includes_the_base_from_lineage_and_agreement(tuned, tiny_llama, data_file, tmp_path):
+    out = tmp_path / "eval-out"
+    report = run(EvalConfig(models=[str(tuned)], data=[str(data_file)], reference=str(tuned),
+                            max_new_tokens=8, out=str(out)), log=lambda _: None)
+    models = report["models"]
+    assert [m["path"] for m in models] == [str(tiny_llama.resolve()), str(tuned.resolve())]
+    assert models[0]["baseline"] and not models[1]["baseline"]
+    by_model = {r["model"]: r for r in report["results"]}
+    assert by_model["tuned"]["agreement"] == 1.0  # the reference agrees with itself
+    assert 0.0 <= by_model["llama"]["agreement"] <= 1.0
+    assert by_model["llama"]["loss"] != by_model["tuned"]["loss"]
+    assert len(report["side_by_side"]) == 3 and set(report["side_by_side"][0]["answers"]) == {"llama", "tuned"}
+    table = (out / "eval.md").read_text()
+    assert "| llama (baseline) | held-out |" in table and "agrees with tuned" in table
+    assert json.loads((out / "eval.json").read_text())["results"] == report["results"]
+
+
+def test_cli_prints_the_table(tuned, data_file):
+    result = run_workbench("eval", tuned, "--data", data_file, "--max-new-tokens", "4", "--match", "contains",
+                           "--side-by-side", "1")
+    assert result.returncode == 0, result.stderr
+    assert "| model | data | loss | ppl | token acc | answer contains |" in result.stdout
+    assert "(baseline)" in result.stdout
+
+
+def test_bad_inputs_are_one_line_errors_and_write_nothing(tuned, data_file, tmp_path):
+    out = tmp_path / "never"
+    result = run_workbench("eval", tuned, "--data", tmp_path / "nope.jsonl", "--out", out)
+    assert result.returncode == 2 and result.stderr.strip().endswith("nope.jsonl: no such data file")
+    with pytest.raises(CheckpointError, match="no config.json"):
+        run(EvalConfig(models=[str(tmp_path)], data=[str(data_file)], out=str(out)))
+    bad_regex = tmp_path / "bad-regex.jsonl"
+    bad_regex.write_text(json.dumps({"messages": [{"role": "user", "content": "q"},
+                                                  {"role": "assistant", "content": "(unclosed"}]}) + "\n")
+    with pytest.raises(DataError, match="bad-regex.jsonl:1: expected answer is not a valid regular expression"):
+        run(EvalConfig(models=[str(tuned)], data=[str(bad_regex)], match="regex", out=str(out)))
+    with pytest.raises(ConfigError, match="match must be one of exact, contains, regex"):
+        run(EvalConfig(models=[str(tuned)], data=[str(data_file)], match="fuzzy", out=str(out)))
+    assert not out.exists()

@@ -1,0 +1,129 @@
+"""Recipe validation: every problem found before anything runs, each with its step id and key."""
+
+from pathlib import Path
+
+import pytest
+import yaml
+
+from tests.cli_helpers import run_workbench
+from workbench.errors import ConfigError
+from workbench.recipe import load_recipe
+from workbench.recipe.schema import Ref
+
+
+def write_recipe(tmp_path: Path, recipe: dict) -> Path:
+    (tmp_path / "train.jsonl").write_text(
+        '{"messages": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "hello"}]}\n')
+    path = tmp_path / "recipe.yaml"
+    path.write_text(yaml.safe_dump(recipe, sort_keys=False))
+    return path
+
+
+def chain(*steps, **top) -> dict:
+    return {"name": "t", **top, "steps": [{"id": "base", "import": {"tiny": {"seed": 0}}}, *steps]}
+
+
+def problems(tmp_path, recipe, overrides=()) -> str:
+    with pytest.raises(ConfigError) as caught:
+        load_recipe(write_recipe(tmp_path, recipe), list(overrides))
+    return str(caught.value)
+
+
+def test_valid_recipe_resolves_refs_paths_defaults_and_types(tmp_path):
+    recipe = load_recipe(write_recipe(tmp_path, chain(
+        {"id": "expert", "sft": {"model": "base", "data": "train.jsonl", "lora-rank": 4, "lr": "5e-5"}},
+        {"id": "eval", "eval": {"models": ["expert"], "data": "train.jsonl"}},
+        defaults={"sft": {"epochs": 2, "lr": 1e-3}})))
+    expert = recipe.steps["expert"]
+    assert expert.params["model"] == Ref("base")
+    assert expert.params["data"] == tmp_path / "train.jsonl"
+    assert expert.params["lora_rank"] == 4
+    assert expert.params["lr"] == 5e-5 and isinstance(expert.params["lr"], float)  # YAML read it as a string
+    assert expert.params["epochs"] == 2  # from defaults
+    assert recipe.steps["eval"].params["data"] == [tmp_path / "train.jsonl"]
+    assert list(recipe.steps) == ["base", "expert", "eval"]
+
+
+def test_steps_are_ordered_by_dependency_not_by_position(tmp_path):
+    recipe = load_recipe(write_recipe(tmp_path, {"name": "t", "steps": [
+        {"id": "eval", "eval": {"models": ["expert"], "data": "train.jsonl"}},
+        {"id": "expert", "sft": {"model": "base", "data": "train.jsonl"}},
+        {"id": "base", "import": {"tiny": {}}}]}))
+    assert list(recipe.steps) == ["base", "expert", "eval"]
+    assert recipe.downstream("expert") == ["expert", "eval"]
+
+
+def test_every_problem_is_reported_at_once_with_step_and_key(tmp_path):
+    message = problems(tmp_path, chain(
+        {"id": "a", "sft": {"model": "bse", "data": "missing.jsonl", "epoch": 2, "batch_size": "eight"}},
+        {"id": "a", "sft": {"model": "base", "data": "train.jsonl"}},
+        {"id": "b", "sfft": {"model": "base"}}))
+    assert "6 problems" in message
+    assert "step 'a', key 'model': 'bse' is neither a step id nor an existing path" in message
+    assert "(did you mean 'base'?)" in message
+    assert "step 'a', key 'data': data file 'missing.jsonl' does not exist" in message
+    assert "step 'a', key 'epoch': unknown parameter for sft (did you mean 'epochs'?)" in message
+    assert "step 'a', key 'batch_size': expected an integer (got 'eight')" in message
+    assert "step 'a': duplicate step id" in message
+    assert "step 'b': unknown step kind or key 'sfft'" in message and "(did you mean 'sft'?)" in message
+
+
+def test_cycle_is_named(tmp_path):
+    message = problems(tmp_path, chain({"id": "x", "sft": {"model": "y", "data": "train.jsonl"}},
+                                       {"id": "y", "sft": {"model": "x", "data": "train.jsonl"}}))
+    assert "cycle: x -> y -> x" in message or "cycle: y -> x -> y" in message
+
+
+def test_runner_owned_and_missing_required_keys(tmp_path):
+    message = problems(tmp_path, chain({"id": "x", "sft": {"model": "base", "out": "elsewhere"}}))
+    assert "step 'x', key 'out': 'out' is set by the runner" in message
+    assert "step 'x', key 'data': missing required parameter 'data'" in message
+
+
+def test_matrix_expands_into_variants_with_derived_ids(tmp_path):
+    recipe = load_recipe(write_recipe(tmp_path, chain(
+        {"id": "ft", "sft": {"model": "base", "data": "train.jsonl"},
+         "matrix": {"lr": ["5e-5", "3e-5"], "epochs": [1, 2]}},
+        {"id": "eval", "eval": {"models": ["ft"], "data": "train.jsonl", "reference": "ft-3e-5-2"}})))
+    ids = [s for s in recipe.steps if s.startswith("ft-")]
+    assert ids == ["ft-5e-5-1", "ft-5e-5-2", "ft-3e-5-1", "ft-3e-5-2"]
+    assert recipe.steps["ft-3e-5-2"].params["lr"] == 3e-5 and recipe.steps["ft-3e-5-2"].params["epochs"] == 2
+    assert recipe.steps["eval"].params["models"] == [Ref(i) for i in ids]  # the matrix id names all variants
+    assert recipe.steps["eval"].params["reference"] == Ref("ft-3e-5-2")
+
+
+def test_matrix_step_as_a_single_input_must_name_a_variant(tmp_path):
+    message = problems(tmp_path, chain(
+        {"id": "ft", "sft": {"model": "base", "data": "train.jsonl"}, "matrix": {"lr": [1e-3, 1e-4]}},
+        {"id": "again", "sft": {"model": "ft", "data": "train.jsonl"}}))
+    assert "step 'again', key 'model': 'ft' is a matrix of steps; name one of ft-0.001, ft-0.0001" in message
+
+
+def test_set_overrides_a_step_a_variant_and_nested_keys(tmp_path):
+    path = write_recipe(tmp_path, chain(
+        {"id": "ft", "sft": {"model": "base", "data": "train.jsonl"}, "matrix": {"lr": [1e-3, 1e-4]}},
+        {"id": "soup", "merge": {"merge_method": "linear", "models": [{"model": "ft-0.001"}],
+                                 "parameters": {"normalize": True}}}))
+    recipe = load_recipe(path, ["ft.epochs=5", "ft-0.0001.seed=7", "soup.parameters.normalize=false"])
+    assert recipe.steps["ft-0.001"].params["epochs"] == 5 and recipe.steps["ft-0.0001"].params["epochs"] == 5
+    assert recipe.steps["ft-0.0001"].params["seed"] == 7 and "seed" not in recipe.steps["ft-0.001"].params
+    assert recipe.steps["soup"].params["parameters"]["normalize"] is False
+    assert recipe.steps["soup"].params["models"][0]["model"] == Ref("ft-0.001")
+    message = problems(tmp_path, yaml.safe_load(path.read_text()), ["ftt.epochs=1"])
+    assert "--set 'ftt.epochs=1': expected STEP.KEY=VALUE" in message and "(did you mean 'ft'?)" in message
+
+
+def test_bad_recipe_on_the_command_line_exits_2_and_writes_nothing(tmp_path):
+    path = write_recipe(tmp_path, chain({"id": "x", "sft": {"model": "base", "data": "train.jsonl",
+                                                            "learning_rate": 1e-4}}))
+    result = run_workbench("run", path, "--runs-dir", tmp_path / "runs")
+    assert result.returncode == 2
+    assert result.stderr.startswith("error: ") and "step 'x', key 'learning_rate'" in result.stderr
+    assert not (tmp_path / "runs").exists()
+
+
+def test_yaml_syntax_error_names_the_line(tmp_path):
+    path = tmp_path / "bad.yaml"
+    path.write_text("name: t\nsteps:\n  - id: [unclosed\n")
+    with pytest.raises(ConfigError, match=r"bad.yaml: not valid YAML \(line \d+, column \d+\)"):
+        load_recipe(path)

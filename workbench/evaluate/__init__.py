@@ -1,0 +1,17 @@
+"""Evaluation of checkpoints on held-out chat data: loss, perplexity and token accuracy on the
+assistant tokens, greedy-answer matching, agreement with a reference, one comparison table.
+
+``run`` is imported lazily so that reading ``EvalConfig`` (recipe validation) loads no torch.
+"""
+
+from workbench.evaluate.config import EvalConfig
+
+__all__ = ["EvalConfig", "run"]
+
+
+def __getattr__(name: str):
+    if name == "run":
+        from workbench.evaluate.engine import run
+
+        return run
+    raise AttributeError(f"module 'workbench.evaluate' has no attribute '{name}'")

@@ -1,0 +1,71 @@
+"""The numbers of an evaluation: teacher-forced loss, perplexity and token accuracy on the
+assistant tokens, and how greedy answers compare with the expected ones.
+
+Loss and accuracy are averaged over every supervised token of the file (not per example),
+the way the training loop reports them, so the numbers are comparable with its events.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from dataclasses import dataclass
+
+import torch
+
+from workbench.data.batching import pad_collate
+from workbench.data.tokenize import IGNORE_INDEX, TokenizedExample
+
+
+@dataclass
+class TokenMetrics:
+    loss: float
+    perplexity: float
+    token_accuracy: float
+    tokens: int
+
+
+@torch.no_grad()
+def token_metrics(model, examples: list[TokenizedExample], pad_id: int, batch_size: int) -> TokenMetrics:
+    total_loss, correct, count = 0.0, 0, 0
+    for start in range(0, len(examples), batch_size):
+        batch = pad_collate(examples[start:start + batch_size], pad_id)
+        logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+        logits = logits[:, :-1].float()
+        labels = batch["labels"][:, 1:]
+        mask = labels != IGNORE_INDEX
+        picked = logits[mask]
+        targets = labels[mask]
+        total_loss += torch.nn.functional.cross_entropy(picked, targets, reduction="sum").item()
+        correct += (picked.argmax(-1) == targets).sum().item()
+        count += targets.numel()
+    loss = total_loss / count
+    return TokenMetrics(loss=loss, perplexity=math.exp(min(loss, 700.0)),
+                        token_accuracy=correct / count, tokens=count)
+
+
+def normalize(text: str) -> str:
+    """Case and surrounding whitespace do not count."""
+    return text.strip().casefold()
+
+
+def answer_matches(answer: str, expected: str, mode: str) -> bool:
+    """exact: equal after normalizing; contains: the expected answer appears in the answer;
+    regex: the expected text is a regular expression the whole answer must match."""
+    if mode == "exact":
+        return normalize(answer) == normalize(expected)
+    if mode == "contains":
+        return normalize(expected) in normalize(answer)
+    if mode == "regex":
+        return re.fullmatch(expected.strip(), answer.strip(), re.IGNORECASE | re.DOTALL) is not None
+    raise ValueError(mode)
+
+
+def match_rate(answers: list[str], expected: list[str], mode: str) -> float:
+    return sum(answer_matches(a, e, mode) for a, e in zip(answers, expected)) / len(expected)
+
+
+def agreement(answers: list[str], reference_answers: list[str]) -> float:
+    """Share of prompts where two models give the same greedy answer (normalized)."""
+    same = sum(normalize(a) == normalize(r) for a, r in zip(answers, reference_answers))
+    return same / len(reference_answers)

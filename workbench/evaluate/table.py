@@ -1,0 +1,77 @@
+"""The comparison table (markdown and JSON) and side-by-side answers of an evaluation."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+MATCH_TITLES = {"exact": "exact match", "contains": "answer contains", "regex": "regex match"}
+
+
+def cell(text) -> str:
+    """Text safe inside a markdown table cell."""
+    return str(text).replace("|", "\\|").replace("\n", "<br>") or " "
+
+
+def percent(value) -> str:
+    return "—" if value is None else f"{100 * value:.1f}%"
+
+
+def comparison_rows(report: dict) -> tuple[list[str], list[list[str]]]:
+    """(header, rows): one row per model and data file, the baseline first."""
+    baseline = {m["label"] for m in report["models"] if m["baseline"]}
+    reference = next((m["label"] for m in report["models"] if m["path"] == report["reference"]), None)
+    header = ["model", "data", "loss", "ppl", "token acc", MATCH_TITLES[report["match"]]]
+    if report["reference"]:
+        header.append(f"agrees with {reference or 'reference'}")
+    rows = []
+    for row in report["results"]:
+        name = row["model"] + (" (baseline)" if row["model"] in baseline else "")
+        cells = [name, row["data"], f"{row['loss']:.3f}", f"{row['perplexity']:.2f}",
+                 percent(row["token_accuracy"]), percent(row["match"])]
+        if report["reference"]:
+            cells.append(percent(row["agreement"]))
+        rows.append(cells)
+    return header, rows
+
+
+def markdown_table(header: list[str], rows: list[list]) -> str:
+    lines = ["| " + " | ".join(cell(h) for h in header) + " |", "|" + "---|" * len(header)]
+    lines += ["| " + " | ".join(cell(c) for c in row) + " |" for row in rows]
+    return "\n".join(lines)
+
+
+def comparison_table(report: dict) -> str:
+    return markdown_table(*comparison_rows(report))
+
+
+def side_by_side_markdown(report: dict) -> str:
+    parts = []
+    for item in report["side_by_side"]:
+        parts.append(f"**{cell(item['data'])}** — prompt: {cell(item['prompt'])}  \n"
+                     f"expected: {cell(item['expected'])}\n")
+        parts.append(markdown_table(["model", "answer"], list(item["answers"].items())))
+        parts.append("")
+    return "\n".join(parts)
+
+
+def report_markdown(report: dict) -> str:
+    sections = ["## Evaluation", "", comparison_table(report), ""]
+    if report["side_by_side"]:
+        sections += ["### Answers side by side", "", side_by_side_markdown(report)]
+    return "\n".join(sections)
+
+
+def write_outputs(report: dict, out_dir: Path) -> None:
+    """eval.json and eval.md in out_dir, each written whole or not at all."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    write_atomic(out_dir / "eval.json", json.dumps(report, indent=2) + "\n")
+    write_atomic(out_dir / "eval.md", report_markdown(report) + "\n")
+
+
+def write_atomic(path: Path, text: str) -> None:
+    """Write a text file whole or not at all (temp file + rename)."""
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    tmp.write_text(text)
+    os.replace(tmp, path)

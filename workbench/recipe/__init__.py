@@ -1,0 +1,6 @@
+"""Recipes: one YAML file chaining import, sft, student, distill, merge and eval steps,
+validated whole before anything runs, each step cached by its fingerprint."""
+
+from workbench.recipe.schema import Recipe, Step, load_recipe
+
+__all__ = ["Recipe", "Step", "load_recipe"]

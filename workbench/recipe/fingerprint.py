@@ -1,0 +1,56 @@
+"""A step's fingerprint: a hash of everything that determines its output.
+
+kind + parameters, where every input checkpoint is replaced by its content fingerprint and
+every data file by its content hash, + the workbench version. Two runs with the same
+fingerprint produce the same output, so the second one is skipped. Each parameter's part is
+kept too, so a re-run can say which parameter or input changed.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+
+from workbench import __version__
+from workbench.checkpoint import Checkpoint, file_fingerprint
+from workbench.recipe.schema import Ref
+
+
+class ContentHashes:
+    """Fingerprints of checkpoints and files named by path, computed once per run."""
+
+    def __init__(self):
+        self.cache: dict[Path, str] = {}
+
+    def of(self, path: Path) -> str:
+        if path not in self.cache:
+            self.cache[path] = Checkpoint(path).fingerprint() if path.is_dir() else file_fingerprint(path)
+        return self.cache[path]
+
+
+def _digest(value) -> str:
+    text = json.dumps(value, sort_keys=True, default=str)
+    return hashlib.blake2b(text.encode(), digest_size=16).hexdigest()
+
+
+def step_fingerprint(kind: str, params: dict, upstream: dict[str, str],
+                     hashes: ContentHashes) -> tuple[str, dict[str, str]]:
+    """(fingerprint, {part: hash}); ``upstream`` maps each dependency's step id to its
+    output fingerprint."""
+
+    def canonical(value):
+        if isinstance(value, Ref):
+            return {"checkpoint": upstream[value.step]}
+        if isinstance(value, Path):
+            return {"content": hashes.of(value)}
+        if isinstance(value, dict):
+            return {str(k): canonical(v) for k, v in value.items()}
+        if isinstance(value, (list, tuple)):
+            return [canonical(v) for v in value]
+        return value
+
+    parts = {key: _digest(canonical(value)) for key, value in params.items()}
+    parts["(kind)"] = _digest(kind)
+    parts["(workbench version)"] = _digest(__version__)
+    return _digest(parts), parts
