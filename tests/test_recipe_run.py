@@ -6,9 +6,11 @@ import shutil
 from pathlib import Path
 
 import pytest
+import torch
 import yaml
 
 from tests.cli_helpers import REPO_ROOT
+from workbench.checkpoint import Checkpoint
 from workbench.cli import main
 from workbench.errors import WorkbenchError
 from workbench.recipe import load_recipe
@@ -128,3 +130,26 @@ def test_selection_options_and_failed_step(tmp_path):
     assert [d.action for d in only] == ["cached", "skip"]
     with pytest.raises(WorkbenchError, match="step 'bad': input 'base' has no finished output"):
         Runner(load_recipe(path), tmp_path / "empty-runs", Selection(only=("bad",)), log=lambda _: None).run()
+
+
+def test_merge_input_of_step_ids_joined_by_plus_merges_that_steps_adapter(tmp_path):
+    """`base+lora`: the base step's checkpoint with the adapter the lora step wrote, which is
+    what that step's own (merged) output holds too."""
+    data = REPO_ROOT / "recipes" / "tiny" / "upper-train.jsonl"
+    recipe = {"name": "plus", "steps": [
+        {"id": "base", "import": {"tiny": {"layers": 2, "hidden": 32}}},
+        {"id": "lora", "sft": {"model": "base", "data": str(data), "lora_rank": 4, "lr": 1e-2, "epochs": 1,
+                               "batch_size": 16, "max_length": 32, "val_split": 0.0}},
+        {"id": "again", "merge": {"merge_method": "linear", "dtype": "float32",
+                                  "models": [{"model": "base+lora", "parameters": {"weight": 1.0}}]}}]}
+    path = tmp_path / "plus.yaml"
+    path.write_text(yaml.safe_dump(recipe))
+    runs = tmp_path / "runs"
+    Runner(load_recipe(path), runs, log=lambda _: None).run()
+    assert read_record(runs / "plus", "again").inputs == {"models": ["base", "lora"]}
+    merged, trained, base = (Checkpoint(runs / "plus" / s) for s in ("again", "lora", "base"))
+    name = "model.layers.0.self_attn.q_proj.weight"
+    assert not torch.equal(trained.read(name), base.read(name))  # the adapter changed it
+    for name in trained.names():
+        torch.testing.assert_close(merged.read(name), trained.read(name))
+    assert {d.action for d in Runner(load_recipe(path), runs).plan()} == {"cached"}

@@ -7,8 +7,10 @@ import yaml
 
 from tests.cli_helpers import run_workbench
 from workbench.errors import ConfigError
+from workbench.distill.cache import MANIFEST
 from workbench.recipe import load_recipe
-from workbench.recipe.schema import Ref
+from workbench.recipe.fingerprint import ContentHashes, step_fingerprint
+from workbench.recipe.schema import Ref, WithAdapter
 
 
 def write_recipe(tmp_path: Path, recipe: dict) -> Path:
@@ -127,3 +129,63 @@ def test_yaml_syntax_error_names_the_line(tmp_path):
     path.write_text("name: t\nsteps:\n  - id: [unclosed\n")
     with pytest.raises(ConfigError, match=r"bad.yaml: not valid YAML \(line \d+, column \d+\)"):
         load_recipe(path)
+
+
+def test_teacher_cache_resolves_relative_to_the_recipe_and_its_manifest_is_fingerprinted(tmp_path):
+    cache = tmp_path / "caches" / "soup"
+    cache.mkdir(parents=True)
+    (cache / MANIFEST).write_text('{"format": 1, "teacher_fingerprint": "aaa"}\n')
+    recipe = load_recipe(write_recipe(tmp_path, chain(
+        {"id": "d", "distill": {"student": "base", "data": "train.jsonl", "teacher_cache": "caches/soup"}})))
+    step = recipe.steps["d"]
+    assert step.params["teacher_cache"] == cache
+
+    def cache_part():
+        return step_fingerprint(step.kind, step.params, {"base": "f0"}, ContentHashes())[1]["teacher_cache"]
+
+    before = cache_part()
+    (cache / MANIFEST).write_text('{"format": 1, "teacher_fingerprint": "bbb"}\n')  # a remade cache
+    assert cache_part() != before
+
+
+def test_missing_teacher_cache_is_a_validation_error_naming_step_and_key(tmp_path):
+    (tmp_path / "not-a-cache").mkdir()
+    message = problems(tmp_path, chain(
+        {"id": "d", "distill": {"student": "base", "data": "train.jsonl", "teacher_cache": "nowhere"}},
+        {"id": "e", "distill": {"student": "base", "data": "train.jsonl", "teacher_cache": "not-a-cache"}}))
+    assert "2 problems" in message
+    assert "step 'd', key 'teacher_cache': teacher cache 'nowhere' does not exist" in message
+    assert "step 'e', key 'teacher_cache': teacher cache 'not-a-cache' does not exist" in message
+
+
+def merge_of(model: str) -> dict:
+    return {"id": "soup", "merge": {"merge_method": "linear", "models": [{"model": model}, {"model": "base"}]}}
+
+
+def test_model_plus_lora_resolves_each_side_and_depends_on_both(tmp_path):
+    adapter = tmp_path / "adapters" / "a"
+    adapter.mkdir(parents=True)
+    (adapter / "adapter_config.json").write_text("{}")
+    lora = {"id": "lora", "sft": {"model": "base", "data": "train.jsonl", "lora_rank": 4}}
+    recipe = load_recipe(write_recipe(tmp_path, chain(lora, merge_of("base+lora"))))
+    soup = recipe.steps["soup"]
+    assert soup.params["models"][0]["model"] == WithAdapter(Ref("base"), Ref("lora", "adapter"))
+    assert soup.dependencies == ["base", "lora"]
+    assert list(recipe.steps) == ["base", "lora", "soup"]
+
+    recipe = load_recipe(write_recipe(tmp_path, chain(lora, merge_of("lora+adapters/a"))))
+    assert recipe.steps["soup"].params["models"][0]["model"] == WithAdapter(Ref("lora"), adapter)
+
+
+def test_a_bad_side_of_model_plus_lora_names_the_step_and_key(tmp_path):
+    (tmp_path / "plain-dir").mkdir()
+    full = {"id": "full", "sft": {"model": "base", "data": "train.jsonl"}}
+    for model, expected in [
+        ("base+full", "'full' after '+' must be a LoRA adapter, but step 'full' writes none"),
+        ("base+plain-dir", "'plain-dir' after '+' is not a LoRA adapter (no adapter_config.json)"),
+        ("base+nope", "'nope' is neither a step id nor an existing path"),
+        ("bse+full", "'bse' is neither a step id nor an existing path"),
+        ("base+full+full", "'base+full+full' is neither MODEL nor MODEL+LORA"),
+    ]:
+        message = problems(tmp_path, chain(full, merge_of(model)))
+        assert f"step 'soup', key 'models[0].model': {expected}" in message, (model, message)

@@ -1,8 +1,10 @@
 """Tiny random checkpoints and tokenizers built at test time (no hub, no download).
 
-``make_tokenizer`` trains a small byte-level BPE on a fixed corpus with the ``tokenizers``
-library and attaches a chat template; ``make_checkpoint`` builds a random Llama-, Qwen2- or
-GPT-2-like model of a few hundred KB and writes it with the workbench's own writer.
+Built from the pieces of the recipe's `tiny` import (``workbench.recipe.tiny_model``), plus
+what only tests need: a Zephyr-like template, GPT-2 models, tied embeddings, their own corpus.
+``make_tokenizer`` trains a small byte-level BPE with a chat template; ``make_checkpoint``
+builds a random Llama-, Qwen2- or GPT-2-like model of a few hundred KB and writes it with the
+workbench's own writer.
 """
 
 from __future__ import annotations
@@ -11,12 +13,10 @@ from pathlib import Path
 
 import torch
 
-CHATML_TEMPLATE = (
-    "{% for message in messages %}"
-    "{{ '<|im_start|>' + message['role'] + '\\n' + message['content'] + '<|im_end|>' + '\\n' }}"
-    "{% endfor %}"
-    "{% if add_generation_prompt %}{{ '<|im_start|>assistant\\n' }}{% endif %}"
-)
+from workbench.recipe.tiny_model import CHATML, SPECIAL_TOKENS as CHATML_SPECIAL_TOKENS
+from workbench.recipe.tiny_model import random_model, tiny_config, tiny_tokenizer
+
+CHATML_TEMPLATE = CHATML
 # Zephyr-like: no dedicated end-of-turn token in front of the next role; ends turns with </s>.
 ZEPHYR_TEMPLATE = (
     "{% for message in messages %}"
@@ -26,7 +26,7 @@ ZEPHYR_TEMPLATE = (
 )
 TEMPLATES = {"chatml": CHATML_TEMPLATE, "zephyr": ZEPHYR_TEMPLATE}
 SPECIAL_TOKENS = {
-    "chatml": ["<|endoftext|>", "<|im_start|>", "<|im_end|>"],
+    "chatml": CHATML_SPECIAL_TOKENS,
     "zephyr": ["<|endoftext|>", "</s>", "<|user|>", "<|assistant|>", "<|system|>"],
 }
 EOS_TOKEN = {"chatml": "<|im_end|>", "zephyr": "</s>"}
@@ -44,56 +44,23 @@ CORPUS = [
 
 def make_tokenizer(template: str = "chatml", vocab_size: int = 384):
     """A fast BPE tokenizer with byte-level pre-tokenization and a chat template."""
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
-    from transformers import PreTrainedTokenizerFast
-
-    specials = SPECIAL_TOKENS[template]
-    tokenizer = Tokenizer(models.BPE())
-    tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    tokenizer.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(
-        vocab_size=vocab_size,
-        special_tokens=specials,
-        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
-        show_progress=False,
-    )
-    tokenizer.train_from_iterator(CORPUS, trainer=trainer)
-    fast = PreTrainedTokenizerFast(
-        tokenizer_object=tokenizer,
-        bos_token=None,
-        eos_token=EOS_TOKEN[template],
-        pad_token="<|endoftext|>",
-        unk_token=None,
-    )
-    fast.chat_template = TEMPLATES[template]
-    return fast
+    return tiny_tokenizer(vocab_size, corpus=CORPUS, special_tokens=SPECIAL_TOKENS[template],
+                          eos_token=EOS_TOKEN[template], chat_template=TEMPLATES[template])
 
 
 def make_model(arch: str = "llama", vocab_size: int = 384, layers: int = 2, hidden: int = 32,
                tie: bool = False, seed: int = 0):
     """A random tiny causal LM of the given family."""
-    from transformers import (
-        AutoModelForCausalLM,
-        GPT2Config,
-        LlamaConfig,
-        Qwen2Config,
-    )
+    if arch == "gpt2":
+        from transformers import GPT2Config
 
-    common = dict(vocab_size=vocab_size, tie_word_embeddings=tie)
-    if arch == "llama":
-        config = LlamaConfig(hidden_size=hidden, intermediate_size=hidden * 2, num_hidden_layers=layers,
-                             num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=256,
-                             **common)
-    elif arch == "qwen2":
-        config = Qwen2Config(hidden_size=hidden, intermediate_size=hidden * 2, num_hidden_layers=layers,
-                             num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=256,
-                             **common)
-    elif arch == "gpt2":
-        config = GPT2Config(n_embd=hidden, n_layer=layers, n_head=4, n_positions=256, **common)
+        config = GPT2Config(n_embd=hidden, n_layer=layers, n_head=4, n_positions=256, vocab_size=vocab_size,
+                            tie_word_embeddings=tie)
+    elif arch in ("llama", "qwen2"):
+        config = tiny_config(arch, vocab_size, layers, hidden, max_positions=256, tie=tie)
     else:
         raise ValueError(arch)
-    torch.manual_seed(seed)
-    model = AutoModelForCausalLM.from_config(config)
+    model = random_model(config, seed)
     model.eval()
     return model
 

@@ -1,9 +1,10 @@
 """A step's fingerprint: a hash of everything that determines its output.
 
-kind + parameters, where every input checkpoint is replaced by its content fingerprint and
-every data file by its content hash, + the workbench version. Two runs with the same
-fingerprint produce the same output, so the second one is skipped. Each parameter's part is
-kept too, so a re-run can say which parameter or input changed.
+kind + parameters, where every input checkpoint is replaced by its content fingerprint, every
+data file and LoRA adapter by its content hash and a teacher cache by its manifest's hash (the
+manifest holds the fingerprints of what the cache was made from), + the workbench version.
+Two runs with the same fingerprint produce the same output, so the second one is skipped.
+Each parameter's part is kept too, so a re-run can say which parameter or input changed.
 """
 
 from __future__ import annotations
@@ -14,7 +15,8 @@ from pathlib import Path
 
 from workbench import __version__
 from workbench.checkpoint import Checkpoint, file_fingerprint
-from workbench.recipe.schema import Ref
+from workbench.recipe.kinds import KINDS
+from workbench.recipe.schema import Ref, WithAdapter
 
 
 class ContentHashes:
@@ -27,6 +29,11 @@ class ContentHashes:
         if path not in self.cache:
             self.cache[path] = Checkpoint(path).fingerprint() if path.is_dir() else file_fingerprint(path)
         return self.cache[path]
+
+    def of_adapter(self, path: Path) -> str:
+        """A peft adapter directory by its adapter_* files (config and weights), not its README,
+        which names where the base model was."""
+        return _digest({file.name: self.of(file) for file in sorted(path.glob("adapter_*"))})
 
 
 def _digest(value) -> str:
@@ -41,7 +48,11 @@ def step_fingerprint(kind: str, params: dict, upstream: dict[str, str],
 
     def canonical(value):
         if isinstance(value, Ref):
-            return {"checkpoint": upstream[value.step]}
+            return {"checkpoint": upstream[value.step], **({"path": value.path} if value.path else {})}
+        if isinstance(value, WithAdapter):
+            lora = value.adapter
+            return {"model": canonical(value.model),
+                    "lora": {"adapter": hashes.of_adapter(lora)} if isinstance(lora, Path) else canonical(lora)}
         if isinstance(value, Path):
             return {"content": hashes.of(value)}
         if isinstance(value, dict):
@@ -50,7 +61,14 @@ def step_fingerprint(kind: str, params: dict, upstream: dict[str, str],
             return [canonical(v) for v in value]
         return value
 
-    parts = {key: _digest(canonical(value)) for key, value in params.items()}
+    def part(key: str, value):
+        if key in KINDS[kind].cache_keys and isinstance(value, Path):
+            from workbench.distill.cache import MANIFEST
+
+            return {"teacher cache": hashes.of(value / MANIFEST)}
+        return canonical(value)
+
+    parts = {key: _digest(part(key, value)) for key, value in params.items()}
     parts["(kind)"] = _digest(kind)
     parts["(workbench version)"] = _digest(__version__)
     return _digest(parts), parts

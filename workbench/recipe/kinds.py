@@ -1,5 +1,5 @@
 """What each step kind accepts: its parameters (with types), which of them name input
-checkpoints and which name data files.
+checkpoints, which name data files and which name teacher caches.
 
 The parameters of sft and distill are the fields of the engine's config dataclass (the same
 names as its CLI options), so a recipe can never drift from the command line. Engines are
@@ -25,6 +25,7 @@ class KindSpec:
     checkpoint_keys: tuple[str, ...]  # values: a step id or a checkpoint directory
     required: tuple[str, ...] = ()
     free_form: bool = False  # merge: the mergekit schema, checked by the merge engine
+    cache_keys: tuple[str, ...] = ()  # values: a directory made by `workbench distill cache-teacher`
 
     def data_keys(self) -> tuple[str, ...]:
         """Parameters naming data files, hashed into the step's fingerprint."""
@@ -85,7 +86,7 @@ KINDS: dict[str, KindSpec] = {
     "student": KindSpec("student", _student_parameters, checkpoint_keys=("teacher",),
                         required=("teacher",)),
     "distill": KindSpec("distill", _distill_parameters, checkpoint_keys=("teacher", "student"),
-                        required=("student", "data")),
+                        required=("student", "data"), cache_keys=("teacher_cache",)),
     "merge": KindSpec("merge", _merge_parameters, checkpoint_keys=(), required=("merge_method",),
                       free_form=True),
     "eval": KindSpec("eval", _eval_parameters, checkpoint_keys=("models", "reference", "base"),

@@ -18,7 +18,7 @@ from workbench.errors import ConfigError, WorkbenchError
 from workbench.recipe.executors import EXECUTORS
 from workbench.recipe.fingerprint import ContentHashes, step_fingerprint
 from workbench.recipe.kinds import TRAINING_KINDS
-from workbench.recipe.schema import Recipe, Ref, Step, iter_refs
+from workbench.recipe.schema import Recipe, Ref, Step, WithAdapter, iter_refs
 from workbench.recipe.state import StepRecord, read_record, write_record
 
 
@@ -229,7 +229,9 @@ class Runner:
 
     def _resolve(self, value):
         if isinstance(value, Ref):
-            return self.outputs[value.step][0]
+            return self.outputs[value.step][0] / value.path
+        if isinstance(value, WithAdapter):
+            return f"{self._resolve(value.model)}+{self._resolve(value.adapter)}"
         if isinstance(value, dict):
             return {k: self._resolve(v) for k, v in value.items()}
         if isinstance(value, list):
@@ -256,7 +258,7 @@ def _input_names(params: dict) -> dict:
     for key, value in params.items():
         refs = list(iter_refs(value))
         if refs:
-            names[key] = [r.step for r in refs] if isinstance(value, (list, dict)) else refs[0].step
+            names[key] = refs[0].step if isinstance(value, Ref) else [r.step for r in refs]
         elif isinstance(value, Path) and value.is_dir():
             names[key] = str(value)
     return names

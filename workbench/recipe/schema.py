@@ -38,9 +38,19 @@ NON_MODEL_TOKENIZER_SOURCES = ("base", "union")
 
 @dataclass(frozen=True)
 class Ref:
-    """A parameter value naming another step's output checkpoint."""
+    """A parameter value naming another step's output checkpoint, or ``path`` inside it."""
 
     step: str
+    path: str = ""
+
+
+@dataclass(frozen=True)
+class WithAdapter:
+    """A merge input written MODEL+LORA (mergekit's syntax): a checkpoint and a LoRA adapter
+    directory, each a Ref or a Path; the merge engine merges the adapter into it first."""
+
+    model: Ref | Path
+    adapter: Ref | Path
 
 
 @dataclass
@@ -73,6 +83,8 @@ class Recipe:
 def iter_refs(value):
     if isinstance(value, Ref):
         yield value
+    elif isinstance(value, WithAdapter):
+        yield from iter_refs([value.model, value.adapter])
     elif isinstance(value, dict):
         for item in value.values():
             yield from iter_refs(item)
@@ -118,7 +130,9 @@ def build_recipe(raw, path: Path, overrides: list[str] = ()) -> Recipe:
         groups.setdefault(step.group, []).append(step.id)
     for step in steps:
         _check_parameters(step, problems)
-        _resolve_inputs(step, groups, path.resolve().parent, problems)
+    adapters = {s.id for s in steps if s.kind == "sft" and s.params.get("lora_rank")}
+    for step in steps:
+        _resolve_inputs(step, groups, adapters, path.resolve().parent, problems)
     problems.raise_if_any()
     ordered = _topological_order(steps, problems)
     problems.raise_if_any()
@@ -288,8 +302,10 @@ def _check_parameters(step: Step, problems: Problems) -> None:
                          "(a random model)", step.group)
 
 
-def _resolve_inputs(step: Step, groups: dict[str, list[str]], base_dir: Path, problems: Problems) -> None:
-    """Step ids become Ref, paths become absolute Paths that must exist."""
+def _resolve_inputs(step: Step, groups: dict[str, list[str]], adapters: set[str], base_dir: Path,
+                    problems: Problems) -> None:
+    """Step ids become Ref, paths become absolute Paths that must exist. ``adapters``: the
+    steps that write a LoRA adapter."""
     spec = KINDS[step.kind]
     step_ids = {i for ids in groups.values() for i in ids}
 
@@ -330,8 +346,18 @@ def _resolve_inputs(step: Step, groups: dict[str, list[str]], base_dir: Path, pr
         else:
             step.params[key] = resolve(value, key, many=False)
     if step.kind == "merge":
-        _resolve_merge_models(step, resolve, problems)
+        _resolve_merge_models(step, resolve, adapters, problems)
         _check_merge(step, base_dir, problems)
+    for key in spec.cache_keys:
+        value = step.params.get(key)
+        if value is None:
+            continue
+        from workbench.distill.cache import MANIFEST
+
+        step.params[key] = candidate = (base_dir / str(value)).resolve()
+        if not (candidate / MANIFEST).is_file():
+            problems.add(f"teacher cache '{value}' does not exist (no {MANIFEST} in {candidate}; make one "
+                         "with `workbench distill cache-teacher`)", step.id, key)
     for key in spec.data_keys():
         value = step.params.get(key)
         if value is None:
@@ -345,23 +371,43 @@ def _resolve_inputs(step: Step, groups: dict[str, list[str]], base_dir: Path, pr
         step.params[key] = paths if isinstance(value, list) else paths[0]
 
 
-def _resolve_merge_models(step: Step, resolve, problems: Problems) -> None:
+def _resolve_merge_models(step: Step, resolve, adapters: set[str], problems: Problems) -> None:
     """Model names in the mergekit schema: models[].model, base_model, tokenizer_source and
-    slices[].sources[].model may be step ids."""
+    slices[].sources[].model may be step ids, each side of MODEL+LORA too. A step id after
+    '+' stands for the adapter that step wrote (an sft step with lora_rank)."""
+    from workbench.sft.config import ADAPTER_DIR
+
+    def resolve_model(value, key: str):
+        if not isinstance(value, str) or "+" not in value:
+            return resolve(value, key, many=False)
+        model, _, adapter = value.partition("+")
+        if not model or not adapter or "+" in adapter:
+            problems.add(f"'{value}' is neither MODEL nor MODEL+LORA", step.id, key)
+            return value
+        resolved = resolve(adapter, key, many=False)
+        if isinstance(resolved, Ref):
+            if resolved.step not in adapters:
+                problems.add(f"'{adapter}' after '+' must be a LoRA adapter, but step '{adapter}' writes "
+                             "none (an sft step with lora_rank > 0 does)", step.id, key)
+            resolved = Ref(resolved.step, ADAPTER_DIR)
+        elif isinstance(resolved, Path) and not (resolved / "adapter_config.json").is_file():
+            problems.add(f"'{adapter}' after '+' is not a LoRA adapter (no adapter_config.json)", step.id, key)
+        return WithAdapter(resolve(model, key, many=False), resolved)
+
     params = step.params
     entries = list(params.get("models") or [])
     for sl in params.get("slices") or []:
         entries.extend(sl.get("sources", []) if isinstance(sl, dict) else [])
     for i, entry in enumerate(entries):
         if isinstance(entry, dict) and "model" in entry:
-            entry["model"] = resolve(entry["model"], f"models[{i}].model", many=False)
+            entry["model"] = resolve_model(entry["model"], f"models[{i}].model")
         else:
             problems.add("each entry needs a 'model'", step.id, f"models[{i}]")
     if params.get("base_model") is not None:
-        params["base_model"] = resolve(params["base_model"], "base_model", many=False)
+        params["base_model"] = resolve_model(params["base_model"], "base_model")
     source = params.get("tokenizer_source")
     if isinstance(source, str) and source not in NON_MODEL_TOKENIZER_SOURCES:
-        params["tokenizer_source"] = resolve(source, "tokenizer_source", many=False)
+        params["tokenizer_source"] = resolve_model(source, "tokenizer_source")
 
 
 def _check_merge(step: Step, base_dir: Path, problems: Problems) -> None:
@@ -370,7 +416,7 @@ def _check_merge(step: Step, base_dir: Path, problems: Problems) -> None:
     from workbench.merge.config import validate_config
 
     def stand_in(value):
-        if isinstance(value, (Ref, Path)):
+        if isinstance(value, (Ref, Path, WithAdapter)):
             return str(base_dir)
         if isinstance(value, dict):
             return {k: stand_in(v) for k, v in value.items()}

@@ -8,6 +8,8 @@ from workbench.errors import ConfigError
 from workbench.training.config import TrainingConfig
 
 TRUNCATION_MODES = ("truncate", "drop")
+# A LoRA run's peft adapter, beside the merged weights in OUT (recipes name it as STEP after '+').
+ADAPTER_DIR = "adapter"
 
 
 @dataclass

@@ -17,14 +17,12 @@ import torch
 
 from workbench.checkpoint import Checkpoint, file_fingerprint, make_lineage
 from workbench.errors import ConfigError
-from workbench.sft.config import SFTConfig
+from workbench.sft.config import ADAPTER_DIR, SFTConfig
 from workbench.sft.lora import apply_lora
 from workbench.training import causal_lm_objective, setup_distributed, train
 from workbench.training.distributed import barrier
 from workbench.training.events import plot_loss_curve
 from workbench.training.rundir import check_run_dir, start_run_dir, write_final_model
-
-ADAPTER_DIR = "adapter"
 
 
 def run(config: SFTConfig) -> Checkpoint:
