@@ -13,10 +13,10 @@ from pathlib import Path
 
 import torch
 
-from workbench.recipe.tiny_model import CHATML, SPECIAL_TOKENS as CHATML_SPECIAL_TOKENS
+from workbench.recipe.tiny_model import CHATML as CHATML_TEMPLATE
+from workbench.recipe.tiny_model import SPECIAL_TOKENS as CHATML_SPECIAL_TOKENS
 from workbench.recipe.tiny_model import random_model, tiny_config, tiny_tokenizer
 
-CHATML_TEMPLATE = CHATML
 # Zephyr-like: no dedicated end-of-turn token in front of the next role; ends turns with </s>.
 ZEPHYR_TEMPLATE = (
     "{% for message in messages %}"
