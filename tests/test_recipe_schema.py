@@ -189,3 +189,15 @@ def test_a_bad_side_of_model_plus_lora_names_the_step_and_key(tmp_path):
     ]:
         message = problems(tmp_path, chain(full, merge_of(model)))
         assert f"step 'soup', key 'models[0].model': {expected}" in message, (model, message)
+
+
+def test_bad_teacher_cache_and_lora_side_on_the_command_line_exit_2_and_write_nothing(tmp_path):
+    path = write_recipe(tmp_path, chain(
+        {"id": "d", "distill": {"student": "base", "data": "train.jsonl", "teacher_cache": "nowhere"}},
+        merge_of("base+d")))
+    result = run_workbench("run", path, "--runs-dir", tmp_path / "runs")
+    assert result.returncode == 2
+    assert result.stderr.startswith("error: ")
+    assert "step 'd', key 'teacher_cache': teacher cache 'nowhere' does not exist" in result.stderr
+    assert "step 'soup', key 'models[0].model': 'd' after '+' must be a LoRA adapter" in result.stderr
+    assert not (tmp_path / "runs").exists()
