@@ -7,6 +7,9 @@ linear, slerp and ties configs, and prints wall time and peak RSS (each child's 
 (60 layers, built by repeating the 30) with the native engine, to show that its peak
 memory is bounded by a few tensors rather than by model size.
 
+A child's ``ru_maxrss`` starts from its parent's RSS at the fork, so this process stays small:
+it never imports torch, and the inputs are written by a spawned child process.
+
     python scripts/bench_merge.py [--model DIR] [--repeats N] [--work-dir DIR]
 
 Targets (2-core machine): ties >= 5x faster at <= 1/4 of mergekit's peak memory;
@@ -16,6 +19,7 @@ linear and slerp >= 2x faster at <= 1/2.
 from __future__ import annotations
 
 import argparse
+import multiprocessing
 import os
 import shutil
 import statistics
@@ -25,14 +29,10 @@ import tempfile
 import time
 from pathlib import Path
 
-import torch
 import yaml
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
-
-from workbench.checkpoint import Checkpoint, CheckpointWriter, make_lineage  # noqa: E402
-from workbench.safetensors_io import PlannedTensor  # noqa: E402
 
 DEFAULT_MODEL = Path("/work/main/models/smollm2-135m-instruct")
 # On a shared, oversubscribed machine OpenMP worker threads that spin-wait between parallel
@@ -46,6 +46,11 @@ TARGETS = {"linear": (2, 2), "slerp": (2, 2), "ties": (5, 4)}  # (min speedup, m
 def write_variant(base_dir: Path, out_dir: Path, seed: int, scale: float, repeat_layers: int = 1) -> Path:
     """base + scale * std * N(0, 1) per tensor (seed 0: the base itself), optionally with the
     decoder layers repeated ``repeat_layers`` times (layer i + k*L is a copy of layer i)."""
+    import torch
+
+    from workbench.checkpoint import Checkpoint, CheckpointWriter, make_lineage
+    from workbench.safetensors_io import PlannedTensor
+
     base = Checkpoint(base_dir)
     layers = base.num_layers
     generator = torch.Generator().manual_seed(seed)
@@ -71,6 +76,16 @@ def write_variant(base_dir: Path, out_dir: Path, seed: int, scale: float, repeat
         config = dict(base.config, num_hidden_layers=layers * repeat_layers)
         writer.write_json("config.json", config)
         return writer.commit(make_lineage("bench-input", {"seed": seed, "scale": scale})).path
+
+
+def write_inputs(model: Path, work: Path) -> None:
+    """Two seeded variants of ``model`` (a, b), and 60-layer versions of all three, unless present."""
+    for key, seed in (("a", 1), ("b", 2)):
+        if not (work / key).exists():
+            write_variant(model, work / key, seed=seed, scale=0.01)
+    for key, seed in (("base", 0), ("a", 1), ("b", 2)):
+        if not (work / f"{key}-60").exists():
+            write_variant(model, work / f"{key}-60", seed=seed, scale=0.01, repeat_layers=2)
 
 
 def configs(inputs: dict[str, Path]) -> dict[str, dict]:
@@ -136,16 +151,13 @@ def main() -> None:
     work = Path(args.work_dir or tempfile.mkdtemp(prefix="bench-merge-"))
     work.mkdir(parents=True, exist_ok=True)
     print(f"inputs in {work}", flush=True)
-    inputs = {"base": args.model}
-    deep = {}
-    for key, seed in (("a", 1), ("b", 2)):
-        if not (work / key).exists():
-            write_variant(args.model, work / key, seed=seed, scale=0.01)
-        inputs[key] = work / key
-    for key, seed in (("base", 0), ("a", 1), ("b", 2)):
-        if not (work / f"{key}-60").exists():
-            write_variant(args.model, work / f"{key}-60", seed=seed, scale=0.01, repeat_layers=2)
-        deep[key] = work / f"{key}-60"
+    writer = multiprocessing.get_context("spawn").Process(target=write_inputs, args=(args.model, work))
+    writer.start()
+    writer.join()
+    if writer.exitcode != 0:
+        raise SystemExit(f"writing the inputs failed (exit code {writer.exitcode})")
+    inputs = {"base": args.model, "a": work / "a", "b": work / "b"}
+    deep = {key: work / f"{key}-60" for key in ("base", "a", "b")}
     methods = args.methods.split(",")
 
     results = {}
@@ -164,7 +176,8 @@ def main() -> None:
         results[method] = {tool: tuple(statistics.median(r[i] for r in rs) for i in range(3))
                            for tool, rs in runs.items()}
 
-    print(f"\nSmolLM2-135M fp32 ({Checkpoint(args.model).total_bytes / 1e6:.0f} MB per model), "
+    model_mb = sum(f.stat().st_size for f in args.model.glob("*.safetensors")) / 1e6
+    print(f"\nSmolLM2-135M fp32 ({model_mb:.0f} MB per model), "
           f"{os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.1f}, median of {args.repeats}"
           f"{', OMP_WAIT_POLICY=PASSIVE for both' if args.omp_passive else ''}")
     print(f"{'method':8s} {'mergekit s':>10s} {'workbench s':>11s} {'speedup':>8s} {'CPU speedup':>11s} "
