@@ -136,6 +136,22 @@ def test_a_student_larger_than_the_teacher_trains_with_a_warning(setup, tmp_path
     assert "warning: the student" in capsys.readouterr().err
 
 
+@pytest.mark.parametrize("overrides, warned", [
+    (dict(), True), (dict(loss="jsd", beta=1.0), True), (dict(alpha=0.5), False),
+    (dict(loss="forward_kl"), False), (dict(loss="jsd", beta=0.5), False),
+])
+def test_pure_reverse_kl_from_a_fresh_cut_warns(setup, tmp_path, capsys, overrides, warned):
+    run(config(setup, tmp_path / "out", max_steps=1, **overrides))
+    assert ("fresh `student init` cut" in capsys.readouterr().err) is warned
+
+
+def test_pure_reverse_kl_from_a_trained_student_does_not_warn(setup, tmp_path, capsys):
+    trained = run(config(setup, tmp_path / "healed", loss="forward_kl", max_steps=1)).path
+    capsys.readouterr()
+    run(config(setup, tmp_path / "out", student=str(trained), max_steps=1))
+    assert "fresh `student init` cut" not in capsys.readouterr().err
+
+
 @pytest.mark.parametrize("overrides, key", [
     (dict(beta=1.5), "beta"), (dict(beta=-0.1), "beta"), (dict(temperature=0.0), "temperature"),
     (dict(temperature=-1.0), "temperature"), (dict(alpha=1.1), "alpha"), (dict(alpha=-0.1), "alpha"),

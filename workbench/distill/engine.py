@@ -50,6 +50,10 @@ def run(config: DistillConfig) -> Checkpoint:
     if teacher_params and student.num_parameters > teacher_params and ctx.is_main:
         print(f"warning: the student ({student.num_parameters:,} parameters) is larger than the teacher "
               f"({teacher_params:,})", file=sys.stderr)
+    if reverse_kl_from_a_fresh_cut(student, config) and ctx.is_main:
+        print("warning: the student is a fresh `student init` cut, confidently wrong where reverse KL has "
+              "almost no gradient, so pure reverse KL barely moves it; distill it with --loss forward_kl "
+              "(or --alpha below 1) first, then with reverse KL (docs/distill.md, Real result)", file=sys.stderr)
 
     out = Path(config.out)
     inputs = {"student": student, "data": config.data, **({"teacher": teacher} if teacher else {}),
@@ -102,3 +106,10 @@ def data_settings(config) -> dict:
     """The settings that decide which tokenized examples the data pipeline produces."""
     return {"max_length": config.max_length, "truncation": config.truncation,
             "val_split": config.val_split, "seed": config.seed}
+
+
+def reverse_kl_from_a_fresh_cut(student: Checkpoint, config: DistillConfig) -> bool:
+    """Pure reverse KL on an untrained cut: its gradient q_j (log q_j - log p_j - KL) vanishes
+    where the student is one-hot on a token the teacher rules out, which a fresh cut mostly is."""
+    pure_reverse_kl = config.loss == "reverse_kl" or (config.loss == "jsd" and config.beta == 1)
+    return pure_reverse_kl and config.alpha == 1 and (student.lineage or {}).get("kind") == "student-init"
