@@ -8,7 +8,8 @@ SFTConfig / DistillConfig (the CLI option names), over the demo's defaults (batc
 128, one epoch, no validation split, seed 0). Distill variants learn from --teacher. Then
 every variant and the starting student are evaluated on both demo tasks' held-out prompts
 (loss and token accuracy on the reference answers, exact match of greedy answers, agreement of
-greedy answers with the teacher's), as the recipe's eval step does. Needs the demo's outputs:
+greedy answers with the teacher's), as the recipe's eval step does: by default the first 20
+validation prompts per task (``--split test --limit 0``: all 200 test prompts). Needs the demo's outputs:
 
     scripts/demo
     python scripts/distill_vs_ce.py --work /tmp/kd '{"ce": {"kind": "sft", "lr": 5e-4, "max_steps": 40},
@@ -36,6 +37,9 @@ def main() -> None:
     parser.add_argument("--teacher", default=str(DEMO_RUNS / "ties"))
     parser.add_argument("--student", default=str(DEMO_RUNS / "student"), help="the default 'from'")
     parser.add_argument("--data", default=str(DATA / "mixed" / "train.jsonl"))
+    parser.add_argument("--split", default="valid", choices=("valid", "test"),
+                        help="held-out split of recipes/data/{dates,records} to evaluate on")
+    parser.add_argument("--limit", type=int, default=20, help="first prompts per task to evaluate (0: all)")
     args = parser.parse_args()
 
     from workbench import distill, sft
@@ -64,8 +68,8 @@ def main() -> None:
 
     report = evaluate(EvalConfig(
         models=list(trained.values()), labels=list(trained), base=args.student, reference=args.teacher,
-        data=[str(DATA / "data" / "dates" / "valid.jsonl"), str(DATA / "data" / "records" / "valid.jsonl")],
-        max_new_tokens=24, limit=20, max_length=128), log=lambda line: None)
+        data=[str(DATA / "data" / task / f"{args.split}.jsonl") for task in ("dates", "records")],
+        max_new_tokens=24, limit=args.limit, max_length=128), log=lambda line: None)
     for row in report["results"]:
         print(f"{row['model']:<14} {row['data']:<16} "
               + " ".join(f"{key}={value:.3f}" for key, value in row.items() if isinstance(value, float)))

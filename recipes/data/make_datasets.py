@@ -7,7 +7,9 @@
 Both have one correct answer per prompt, so exact match measures them, and both are mostly
 copying plus a fixed format, which a small LoRA learns in minutes while the base model, asked
 the same question, answers in its own words. Each prompt names its task, so a merged model
-can tell them apart. Validation prompts never occur in the training set.
+can tell them apart. No prompt occurs in two splits. The test split is larger than the
+validation split, for comparisons finer than one validation prompt (2.5 points); it is drawn
+last, so adding it left the other splits' bytes as they were.
 
 Usage: python recipes/data/make_datasets.py [--out recipes/data] [--seed 0]
 """
@@ -21,6 +23,7 @@ from pathlib import Path
 
 TRAIN_SIZE = 240
 VALID_SIZE = 40
+TEST_SIZE = 200
 
 MONTHS = ["January", "February", "March", "April", "May", "June", "July", "August", "September",
           "October", "November", "December"]
@@ -96,9 +99,10 @@ def main() -> None:
         taken: set[str] = set()
         valid = make_split(make, rng, VALID_SIZE, taken)
         train = make_split(make, rng, TRAIN_SIZE, taken)
-        write_jsonl(args.out / task / "train.jsonl", train)
-        write_jsonl(args.out / task / "valid.jsonl", valid)
-        print(f"{task}: {len(train)} train, {len(valid)} valid -> {args.out / task}")
+        test = make_split(make, rng, TEST_SIZE, taken)
+        for split, rows in (("train", train), ("valid", valid), ("test", test)):
+            write_jsonl(args.out / task / f"{split}.jsonl", rows)
+        print(f"{task}: {len(train)} train, {len(valid)} valid, {len(test)} test -> {args.out / task}")
 
 
 if __name__ == "__main__":
