@@ -18,6 +18,7 @@ from workbench.checkpoint import Checkpoint, file_fingerprint, make_lineage, par
 from workbench.distill.cache import TeacherCache, cached_collate, tokenizer_fingerprint
 from workbench.distill.config import DistillConfig
 from workbench.distill.objective import DistillObjective, check_same_tokenizer
+from workbench.distill.student import LINEAGE_KIND as STUDENT_INIT
 from workbench.training import setup_distributed, train
 from workbench.training.distributed import barrier
 from workbench.training.events import plot_loss_curve
@@ -111,5 +112,5 @@ def data_settings(config) -> dict:
 def reverse_kl_from_a_fresh_cut(student: Checkpoint, config: DistillConfig) -> bool:
     """Pure reverse KL on an untrained cut: its gradient q_j (log q_j - log p_j - KL) vanishes
     where the student is one-hot on a token the teacher rules out, which a fresh cut mostly is."""
-    pure_reverse_kl = config.loss == "reverse_kl" or (config.loss == "jsd" and config.beta == 1)
-    return pure_reverse_kl and config.alpha == 1 and (student.lineage or {}).get("kind") == "student-init"
+    spec = config.loss_spec
+    return spec.divergence == "reverse_kl" and spec.alpha == 1 and (student.lineage or {}).get("kind") == STUDENT_INIT

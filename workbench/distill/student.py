@@ -18,6 +18,8 @@ from workbench.safetensors_io import PlannedTensor
 # decoder layers: model.layers.N. (llama, qwen2, mistral, ...) and transformer.h.N. (gpt2)
 LAYER_NAME = re.compile(r"^(?P<prefix>(?:.+\.)?(?:layers|h))\.(?P<index>\d+)\.(?P<rest>.+)$")
 LAYER_COUNT_KEYS = ("num_hidden_layers", "n_layer")
+# workbench.json "kind" of a checkpoint that `student init` wrote (an untrained cut)
+LINEAGE_KIND = "student-init"
 
 
 def spread_layers(teacher_layers: int, num_layers: int) -> list[int]:
@@ -90,7 +92,7 @@ def init_student(teacher: str | os.PathLike | Checkpoint, out_dir: str | os.Path
             for old, new in renames.items()]
     student_params = sum(teacher.info(old).numel for old in renames)
     lineage = make_lineage(
-        "student-init",
+        LINEAGE_KIND,
         {"layers": keep, "num_layers": len(keep), "teacher_layers": teacher_layers},
         inputs={"teacher": teacher},
         metrics={"teacher_parameters": teacher.num_parameters, "parameters": student_params,
