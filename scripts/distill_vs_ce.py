@@ -39,7 +39,11 @@ def main() -> None:
     parser.add_argument("--data", default=str(DATA / "mixed" / "train.jsonl"))
     parser.add_argument("--split", default="valid", choices=("valid", "test"),
                         help="held-out split of recipes/data/{dates,records} to evaluate on")
+    parser.add_argument("--eval-data", action="append",
+                        help="held-out chat JSONL to evaluate on instead of --split (repeatable)")
     parser.add_argument("--limit", type=int, default=20, help="first prompts per task to evaluate (0: all)")
+    parser.add_argument("--max-length", type=int, default=128, help="tokens per example, training and eval")
+    parser.add_argument("--max-new-tokens", type=int, default=24)
     args = parser.parse_args()
 
     from workbench import distill, sft
@@ -48,7 +52,7 @@ def main() -> None:
 
     work = Path(args.work)
     work.mkdir(parents=True, exist_ok=True)
-    defaults = dict(data=args.data, batch_size=8, max_length=128, epochs=1, val_split=0.0, seed=0, progress=False)
+    defaults = dict(data=args.data, batch_size=8, max_length=args.max_length, epochs=1, val_split=0.0, seed=0, progress=False)
     trained: dict[str, str] = {}
     for name, variant in json.loads(args.variants).items():
         settings = dict(variant)
@@ -68,8 +72,8 @@ def main() -> None:
 
     report = evaluate(EvalConfig(
         models=list(trained.values()), labels=list(trained), base=args.student, reference=args.teacher,
-        data=[str(DATA / "data" / task / f"{args.split}.jsonl") for task in ("dates", "records")],
-        max_new_tokens=24, limit=args.limit, max_length=128), log=lambda line: None)
+        data=args.eval_data or [str(DATA / "data" / task / f"{args.split}.jsonl") for task in ("dates", "records")],
+        max_new_tokens=args.max_new_tokens, limit=args.limit, max_length=args.max_length), log=lambda line: None)
     for row in report["results"]:
         print(f"{row['model']:<14} {row['data']:<16} "
               + " ".join(f"{key}={value:.3f}" for key, value in row.items() if isinstance(value, float)))

@@ -31,18 +31,21 @@ def data_file(tmp_path):
     return path
 
 
-@pytest.fixture(scope="module")
-def tuned(tiny_llama, tmp_path_factory):
-    """A perturbed copy of tiny_llama whose lineage names tiny_llama as its model."""
+def perturbed_copy(tiny_llama, out, scale: float):
+    """tiny_llama plus Gaussian noise, its lineage naming tiny_llama as its model."""
     model = load_model(tiny_llama)
     torch.manual_seed(1)
     with torch.no_grad():
         for p in model.parameters():
-            p.add_(0.05 * torch.randn_like(p))
-    out = tmp_path_factory.mktemp("eval") / "tuned"
+            p.add_(scale * torch.randn_like(p))
     save_model(model, out, lineage=make_lineage("test", {}, {"model": Checkpoint(tiny_llama)}),
                support_from=tiny_llama)
     return out
+
+
+@pytest.fixture(scope="module")
+def tuned(tiny_llama, tmp_path_factory):
+    return perturbed_copy(tiny_llama, tmp_path_factory.mktemp("eval") / "tuned", 0.05)
 
 
 def test_loss_and_accuracy_equal_a_per_example_transformers_reference(tiny_llama, data_file):
@@ -101,8 +104,29 @@ def test_comparison_includes_the_base_from_lineage_and_agreement(tuned, tiny_lla
     assert by_model["llama"]["loss"] != by_model["tuned"]["loss"]
     assert len(report["side_by_side"]) == 3 and set(report["side_by_side"][0]["answers"]) == {"llama", "tuned"}
     table = (out / "eval.md").read_text()
-    assert "| llama (baseline) | held-out |" in table and "agrees with tuned" in table
+    assert "| llama (baseline) | held-out |" in table and "| agrees with tuned | token agreement |" in table
     assert json.loads((out / "eval.json").read_text())["results"] == report["results"]
+
+
+def test_token_agreement_equals_top1_agreement_of_whole_logits(tiny_llama, tiny_qwen2, data_file, tmp_path):
+    """Per supervised token of the reference answer: do the two models' top-1 next tokens agree?"""
+    nudged = perturbed_copy(tiny_llama, tmp_path / "nudged", 0.01)
+    report = run(EvalConfig(models=[str(nudged), str(tiny_qwen2)], data=[str(data_file)], base=str(tiny_llama),
+                            reference=str(tiny_llama), max_new_tokens=4), log=lambda _: None)
+    by_model = {r["model"]: r["token_agreement"] for r in report["results"]}
+    tokenizer = load_tokenizer(tiny_llama)
+    same = count = 0
+    with torch.no_grad():
+        for conversation in load_conversations(data_file):
+            example = tokenize_conversation(tokenizer, conversation)
+            ids, mask = torch.tensor([example.input_ids]), torch.tensor(example.labels[1:]) != -100
+            top1 = [load_model(m)(input_ids=ids).logits[0, :-1][mask].argmax(-1) for m in (nudged, tiny_llama)]
+            same += int((top1[0] == top1[1]).sum())
+            count += int(mask.sum())
+    assert 0 < same < count  # the nudged copy agrees on some tokens, not all
+    assert by_model["nudged"] == pytest.approx(same / count)
+    assert by_model["llama"] == 1.0
+    assert by_model["qwen2"] is None  # another chat template: the answers' tokens do not line up
 
 
 def test_cli_prints_the_table(tuned, data_file):

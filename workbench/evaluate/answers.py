@@ -43,6 +43,18 @@ def prompt_ids(tokenizer, prompt: Prompt) -> list[int]:
     return tokenizer(text, add_special_tokens=False)["input_ids"]
 
 
+def left_padded(encoded: list[list[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """(input_ids, attention_mask) of prompts padded on the left, so that every row's new
+    tokens start at the same column."""
+    width = max(len(ids) for ids in encoded)
+    input_ids = torch.full((len(encoded), width), pad_id, dtype=torch.long)
+    attention_mask = torch.zeros((len(encoded), width), dtype=torch.long)
+    for row, ids in enumerate(encoded):
+        input_ids[row, width - len(ids):] = torch.tensor(ids)
+        attention_mask[row, width - len(ids):] = 1
+    return input_ids, attention_mask
+
+
 @torch.no_grad()
 def greedy_answers(model, tokenizer, prompts: list[Prompt], *, max_new_tokens: int,
                    batch_size: int) -> list[str]:
@@ -50,13 +62,8 @@ def greedy_answers(model, tokenizer, prompts: list[Prompt], *, max_new_tokens: i
     encoded = [prompt_ids(tokenizer, p) for p in prompts]
     answers = []
     for start in range(0, len(encoded), batch_size):
-        chunk = encoded[start:start + batch_size]
-        width = max(len(ids) for ids in chunk)
-        input_ids = torch.full((len(chunk), width), pad_id, dtype=torch.long)
-        attention_mask = torch.zeros((len(chunk), width), dtype=torch.long)
-        for row, ids in enumerate(chunk):
-            input_ids[row, width - len(ids):] = torch.tensor(ids)
-            attention_mask[row, width - len(ids):] = 1
+        input_ids, attention_mask = left_padded(encoded[start:start + batch_size], pad_id)
+        width = input_ids.shape[1]
         output = model.generate(input_ids=input_ids, attention_mask=attention_mask,
                                 max_new_tokens=max_new_tokens, do_sample=False, temperature=None,
                                 top_p=None, top_k=None, pad_token_id=pad_id)

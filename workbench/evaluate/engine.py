@@ -10,6 +10,7 @@ import json
 import re
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 from workbench.checkpoint import Checkpoint
@@ -18,10 +19,17 @@ from workbench.data.tokenize import tokenize_conversation
 from workbench.errors import DataError
 from workbench.evaluate.answers import greedy_answers, prompt_of
 from workbench.evaluate.config import EvalConfig
-from workbench.evaluate.metrics import agreement, match_rate, token_metrics
+from workbench.evaluate.metrics import TokenMetrics, agreement, match_rate, token_agreement, token_metrics
 from workbench.evaluate.table import write_outputs
 
 LINEAGE_PARENT_ROLES = ("model", "base_model", "base", "teacher", "student")
+
+
+@dataclass
+class ModelOutputs:
+    """What one model did on one data file, kept to compare it with the reference's."""
+    answers: list[str]  # greedy, one per prompt
+    tokens: TokenMetrics
 
 
 def run(config: EvalConfig, log=None) -> dict:
@@ -34,30 +42,31 @@ def run(config: EvalConfig, log=None) -> dict:
     if len({d["name"] for d in datasets}) < len(datasets):  # dates/valid.jsonl, records/valid.jsonl
         for d in datasets:
             d["name"] = f"{d['path'].parent.name}/{d['path'].stem}"
-    answers: dict[tuple[str, str], list[str]] = {}
+    outputs: dict[tuple[str, str], ModelOutputs] = {}
     results = []
     for entry in entries:
         started = time.perf_counter()
         model, tokenizer = _load(entry["path"])
         for data in datasets:
             row = _evaluate_one(model, tokenizer, data, config)
-            answers[entry["path"], data["name"]] = row.pop("answers")
+            outputs[entry["path"], data["name"]] = row.pop("outputs")
             results.append({"model": entry["label"], "data": data["name"], **row})
         entry["seconds"] = round(time.perf_counter() - started, 1)
         log(f"evaluated {entry['label']} in {entry['seconds']:.1f}s")
         del model
-    reference = _reference_answers(config, entries, datasets, answers)
+    reference = _reference_outputs(config, entries, datasets, outputs)
     for row, entry_data in zip(results, [(e, d) for e in entries for d in datasets]):
         entry, data = entry_data
-        row["agreement"] = (agreement(answers[entry["path"], data["name"]], reference[data["name"]])
-                            if reference else None)
+        mine, theirs = outputs[entry["path"], data["name"]], reference and reference[data["name"]]
+        row["agreement"] = agreement(mine.answers, theirs.answers) if theirs else None
+        row["token_agreement"] = token_agreement(mine.tokens, theirs.tokens) if theirs else None
     report = {
         "match": config.match,
         "reference": config.reference and str(Path(config.reference).resolve()),
         "models": entries,
         "data": [{"name": d["name"], "path": str(d["path"]), "examples": len(d["prompts"])} for d in datasets],
         "results": results,
-        "side_by_side": _side_by_side(entries, datasets, answers, config.side_by_side),
+        "side_by_side": _side_by_side(entries, datasets, outputs, config.side_by_side),
     }
     if config.out:
         write_outputs(report, Path(config.out))
@@ -133,23 +142,22 @@ def _evaluate_one(model, tokenizer, data: dict, config: EvalConfig) -> dict:
         "match": match_rate(answers, expected, config.match),
         "tokens": tokens.tokens,
         "examples": len(expected),
-        "answers": answers,
+        "outputs": ModelOutputs(answers, tokens),
     }
 
 
-def _reference_answers(config: EvalConfig, entries: list[dict], datasets: list[dict],
-                       answers: dict) -> dict[str, list[str]] | None:
+def _reference_outputs(config: EvalConfig, entries: list[dict], datasets: list[dict],
+                       outputs: dict) -> dict[str, ModelOutputs] | None:
     if not config.reference:
         return None
     path = str(Checkpoint(config.reference).path.resolve())
     if any(e["path"] == path for e in entries):
-        return {d["name"]: answers[path, d["name"]] for d in datasets}
+        return {d["name"]: outputs[path, d["name"]] for d in datasets}
     model, tokenizer = _load(path)
-    return {d["name"]: greedy_answers(model, tokenizer, d["prompts"], max_new_tokens=config.max_new_tokens,
-                                      batch_size=config.batch_size) for d in datasets}
+    return {d["name"]: _evaluate_one(model, tokenizer, d, config)["outputs"] for d in datasets}
 
 
-def _side_by_side(entries: list[dict], datasets: list[dict], answers: dict, count: int) -> list[dict]:
+def _side_by_side(entries: list[dict], datasets: list[dict], outputs: dict, count: int) -> list[dict]:
     rows = []
     for data in datasets:
         for i, prompt in enumerate(data["prompts"][:count]):
@@ -158,7 +166,7 @@ def _side_by_side(entries: list[dict], datasets: list[dict], answers: dict, coun
                 "source": prompt.source,
                 "prompt": prompt.question,
                 "expected": prompt.expected,
-                "answers": {e["label"]: answers[e["path"], data["name"]][i] for e in entries},
+                "answers": {e["label"]: outputs[e["path"], data["name"]].answers[i] for e in entries},
             })
     return rows
 

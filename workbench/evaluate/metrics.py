@@ -1,5 +1,6 @@
 """The numbers of an evaluation: teacher-forced loss, perplexity and token accuracy on the
-assistant tokens, and how greedy answers compare with the expected ones.
+assistant tokens, and how greedy answers compare with the expected ones and with a reference
+model's (whole answers, and token by token: the top-1 agreement a distillation run reports).
 
 Loss and accuracy are averaged over every supervised token of the file (not per example),
 the way the training loop reports them, so the numbers are comparable with its events.
@@ -23,11 +24,15 @@ class TokenMetrics:
     perplexity: float
     token_accuracy: float
     tokens: int
+    targets: list[int]  # the supervised tokens, in order
+    predictions: list[int]  # the model's top-1 token at each of them
 
 
 @torch.no_grad()
 def token_metrics(model, examples: list[TokenizedExample], pad_id: int, batch_size: int) -> TokenMetrics:
     total_loss, correct, count = 0.0, 0, 0
+    all_targets: list[int] = []
+    all_predictions: list[int] = []
     for start in range(0, len(examples), batch_size):
         batch = pad_collate(examples[start:start + batch_size], pad_id)
         logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
@@ -36,12 +41,15 @@ def token_metrics(model, examples: list[TokenizedExample], pad_id: int, batch_si
         mask = labels != IGNORE_INDEX
         picked = logits[mask]
         targets = labels[mask]
+        predictions = picked.argmax(-1)
         total_loss += torch.nn.functional.cross_entropy(picked, targets, reduction="sum").item()
-        correct += (picked.argmax(-1) == targets).sum().item()
+        correct += (predictions == targets).sum().item()
         count += targets.numel()
+        all_targets += targets.tolist()
+        all_predictions += predictions.tolist()
     loss = total_loss / count
-    return TokenMetrics(loss=loss, perplexity=math.exp(min(loss, 700.0)),
-                        token_accuracy=correct / count, tokens=count)
+    return TokenMetrics(loss=loss, perplexity=math.exp(min(loss, 700.0)), token_accuracy=correct / count,
+                        tokens=count, targets=all_targets, predictions=all_predictions)
 
 
 def normalize(text: str) -> str:
@@ -63,6 +71,15 @@ def answer_matches(answer: str, expected: str, mode: str) -> bool:
 
 def match_rate(answers: list[str], expected: list[str], mode: str) -> float:
     return sum(answer_matches(a, e, mode) for a, e in zip(answers, expected)) / len(expected)
+
+
+def token_agreement(tokens: TokenMetrics, reference: TokenMetrics) -> float | None:
+    """Share of the supervised tokens where two models predict the same next token, both fed
+    the reference answer; None when their tokenizers split the answers differently."""
+    if tokens.targets != reference.targets:
+        return None
+    same = sum(a == b for a, b in zip(tokens.predictions, reference.predictions))
+    return same / len(reference.predictions)
 
 
 def agreement(answers: list[str], reference_answers: list[str]) -> float:

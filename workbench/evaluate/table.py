@@ -24,14 +24,14 @@ def comparison_rows(report: dict) -> tuple[list[str], list[list[str]]]:
     reference = next((m["label"] for m in report["models"] if m["path"] == report["reference"]), None)
     header = ["model", "data", "loss", "ppl", "token acc", MATCH_TITLES[report["match"]]]
     if report["reference"]:
-        header.append(f"agrees with {reference or 'reference'}")
+        header += [f"agrees with {reference or 'reference'}", "token agreement"]
     rows = []
     for row in report["results"]:
         name = row["model"] + (" (baseline)" if row["model"] in baseline else "")
         cells = [name, row["data"], f"{row['loss']:.3f}", f"{row['perplexity']:.2f}",
                  percent(row["token_accuracy"]), percent(row["match"])]
         if report["reference"]:
-            cells.append(percent(row["agreement"]))
+            cells += [percent(row["agreement"]), percent(row["token_agreement"])]
         rows.append(cells)
     return header, rows
 
