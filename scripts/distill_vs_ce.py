@@ -52,7 +52,8 @@ def main() -> None:
 
     work = Path(args.work)
     work.mkdir(parents=True, exist_ok=True)
-    defaults = dict(data=args.data, batch_size=8, max_length=args.max_length, epochs=1, val_split=0.0, seed=0, progress=False)
+    defaults = dict(data=args.data, batch_size=8, max_length=args.max_length, epochs=1, val_split=0.0, seed=0,
+                    progress=False)
     trained: dict[str, str] = {}
     for name, variant in json.loads(args.variants).items():
         settings = dict(variant)

@@ -28,7 +28,8 @@ def evaluate(checkpoints, data, reference, base, match, max_new_tokens, max_leng
              side_by_side, out, as_json) -> None:
     """Evaluate CHECKPOINTS on held-out chat data: loss, perplexity and token accuracy on the
     assistant tokens, match of greedy answers, agreement with --reference (whole greedy answers,
-    and top-1 next tokens on the reference answers). Prints one comparison table with the base model as baseline, then answers side by side."""
+    and top-1 next tokens on the reference answers). Prints one comparison table with the base
+    model as baseline, then answers side by side."""
     from workbench.evaluate import EvalConfig, run
     from workbench.evaluate.table import report_markdown
 

@@ -57,7 +57,8 @@ def run(config: EvalConfig, log=None) -> dict:
     reference = _reference_outputs(config, entries, datasets, outputs)
     for row, entry_data in zip(results, [(e, d) for e in entries for d in datasets]):
         entry, data = entry_data
-        mine, theirs = outputs[entry["path"], data["name"]], reference and reference[data["name"]]
+        mine = outputs[entry["path"], data["name"]]
+        theirs = reference[data["name"]] if reference else None
         row["agreement"] = agreement(mine.answers, theirs.answers) if theirs else None
         row["token_agreement"] = token_agreement(mine.tokens, theirs.tokens) if theirs else None
     report = {
