@@ -124,14 +124,15 @@ def draw_prompts(pools: list[list[str]], count: int) -> list[str]:
 @torch.no_grad()
 def sampled_answers(model, tokenizer, prompts: list[str]) -> list[str | None]:
     """The teacher's sampled answer to each prompt; None where it hit the token limit."""
-    from workbench.evaluate.answers import Prompt, left_padded, prompt_ids
+    from workbench.evaluate.answers import left_padded
+    from workbench.generation import build_prompt_ids
 
     eos_id = tokenizer.eos_token_id
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else eos_id
     answers: list[str | None] = []
     for start in range(0, len(prompts), BATCH_SIZE):
         batch = prompts[start:start + BATCH_SIZE]
-        encoded = [prompt_ids(tokenizer, Prompt([{"role": "user", "content": p}], "", "")) for p in batch]
+        encoded = [build_prompt_ids(tokenizer, prompt)[0].tolist() for prompt in batch]
         input_ids, attention_mask = left_padded(encoded, pad_id)
         output = model.generate(input_ids=input_ids, attention_mask=attention_mask, do_sample=True,
                                 temperature=TEMPERATURE, top_k=0, top_p=1.0,
