@@ -121,7 +121,6 @@ def draw_prompts(pools: list[list[str]], count: int) -> list[str]:
     return dealt[:count]
 
 
-@torch.no_grad()
 def sampled_answers(model, tokenizer, prompts: list[str]) -> list[str | None]:
     """The teacher's sampled answer to each prompt; None where it hit the token limit."""
     from workbench.evaluate.answers import left_padded
