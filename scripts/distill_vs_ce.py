@@ -44,6 +44,8 @@ def main() -> None:
     parser.add_argument("--limit", type=int, default=20, help="first prompts per task to evaluate (0: all)")
     parser.add_argument("--max-length", type=int, default=128, help="tokens per example, training and eval")
     parser.add_argument("--max-new-tokens", type=int, default=24)
+    parser.add_argument("--eval-batch-size", type=int, default=40,
+                        help="prompts per greedy generation batch (as the demo's eval step)")
     args = parser.parse_args()
 
     from workbench import distill, sft
@@ -74,7 +76,8 @@ def main() -> None:
     report = evaluate(EvalConfig(
         models=list(trained.values()), labels=list(trained), base=args.student, reference=args.teacher,
         data=args.eval_data or [str(DATA / "data" / task / f"{args.split}.jsonl") for task in ("dates", "records")],
-        max_new_tokens=args.max_new_tokens, limit=args.limit, max_length=args.max_length), log=lambda line: None)
+        max_new_tokens=args.max_new_tokens, limit=args.limit, max_length=args.max_length,
+        batch_size=args.eval_batch_size), log=lambda line: None)
     for row in report["results"]:
         print(f"{row['model']:<14} {row['data']:<16} "
               + " ".join(f"{key}={value:.3f}" for key, value in row.items() if isinstance(value, float)))

@@ -54,6 +54,10 @@ HELP = {
     "chunk_size": "Tokens per chunk of the loss; memory ~ chunk x vocab (0: auto, 512 at vocab 49152).",
     "teacher_dtype": "Teacher weights dtype: float32 | bfloat16 | float16 (default: its own).",
     "teacher_device": "Teacher device, e.g. cpu or cuda:1 (default: the student's).",
+    "on_policy": "Share of batches whose answers the student samples itself, scored by the teacher "
+                 "(GKD; TRL's lmbda): 0 off, 1 always.",
+    "sample_temperature": "Temperature of the student's on-policy samples (0: greedy).",
+    "max_new_tokens": "Longest on-policy answer the student samples, in tokens.",
     "teacher_cache": "Use a cache from `workbench distill cache-teacher` instead of running the teacher.",
 }
 

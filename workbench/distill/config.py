@@ -28,6 +28,9 @@ class DistillConfig(TrainingConfig):
     teacher_dtype: str | None = None
     teacher_device: str | None = None
     teacher_cache: str | None = None
+    on_policy: float = 0.0
+    sample_temperature: float = 1.0
+    max_new_tokens: int = 128
     lr: float = 1e-4
 
     def validate(self) -> None:
@@ -42,8 +45,26 @@ class DistillConfig(TrainingConfig):
             raise ConfigError(f"val_split must be in [0, 1), got {self.val_split!r}")
         if self.truncation not in TRUNCATION_MODES:
             raise ConfigError(f"truncation must be one of {', '.join(TRUNCATION_MODES)}, got {self.truncation!r}")
+        self.validate_on_policy()
         if self.teacher_dtype is not None and self.teacher_dtype not in TEACHER_DTYPES:
             raise ConfigError(f"teacher_dtype must be one of {', '.join(TEACHER_DTYPES)}, got {self.teacher_dtype!r}")
+
+    def validate_on_policy(self) -> None:
+        if not 0 <= self.on_policy <= 1:
+            raise ConfigError(f"on_policy must be in [0, 1] (the share of batches on the student's own "
+                              f"answers), got {self.on_policy!r}")
+        if self.sample_temperature < 0:
+            raise ConfigError(f"sample_temperature must be >= 0 (0: greedy), got {self.sample_temperature!r}")
+        if not isinstance(self.max_new_tokens, int) or self.max_new_tokens < 1:
+            raise ConfigError(f"max_new_tokens must be a positive integer, got {self.max_new_tokens!r}")
+        if self.on_policy and self.teacher_cache:
+            raise ConfigError("on_policy needs the teacher online to score the student's answers; "
+                              "drop teacher_cache (or set on_policy 0)")
+        if self.on_policy and self.alpha != 1:
+            raise ConfigError("on_policy batches hold the student's own answers, which have no label for "
+                              "cross-entropy: use alpha 1 with on_policy")
+        if self.on_policy and self.packing:
+            raise ConfigError("on_policy samples one answer per row; it needs packing off")
 
     @property
     def loss_spec(self):

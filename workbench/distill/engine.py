@@ -18,6 +18,7 @@ from workbench.checkpoint import Checkpoint, file_fingerprint, make_lineage, par
 from workbench.distill.cache import TeacherCache, cached_collate, tokenizer_fingerprint
 from workbench.distill.config import DistillConfig
 from workbench.distill.objective import DistillObjective, check_same_tokenizer
+from workbench.distill.on_policy import OnPolicyObjective, stop_token_ids
 from workbench.distill.student import LINEAGE_KIND as STUDENT_INIT
 from workbench.training import setup_distributed, train
 from workbench.training.distributed import barrier
@@ -87,11 +88,17 @@ def run(config: DistillConfig) -> Checkpoint:
 
     torch.manual_seed(config.seed)
     model = load_model(student.path, dtype=torch.float32)
+    eval_objective = objective
+    if config.on_policy:
+        objective = OnPolicyObjective(
+            objective, fraction=config.on_policy, max_new_tokens=config.max_new_tokens,
+            temperature=config.sample_temperature, max_length=config.max_length, pad_id=pad_id,
+            eos_ids=stop_token_ids(model, tokenizer))
     barrier(ctx)  # every rank has checked its inputs; only now is anything written
     if ctx.is_main:
         start_run_dir(out, identity, status, config.overwrite)
     barrier(ctx)
-    result = train(model, train_rows, val_rows, collate, config, out, ctx, objective)
+    result = train(model, train_rows, val_rows, collate, config, out, ctx, objective, eval_objective)
     if ctx.is_main:
         plot_loss_curve(out)
         lineage = make_lineage("distill", parameters=config.run_identity(), inputs=inputs,
