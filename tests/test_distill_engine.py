@@ -156,7 +156,7 @@ def test_pure_reverse_kl_from_a_trained_student_does_not_warn(setup, tmp_path, c
     (dict(beta=1.5), "beta"), (dict(beta=-0.1), "beta"), (dict(temperature=0.0), "temperature"),
     (dict(temperature=-1.0), "temperature"), (dict(alpha=1.1), "alpha"), (dict(alpha=-0.1), "alpha"),
     (dict(loss="kl"), "loss"), (dict(teacher="", teacher_cache=None), "teacher"),
-    (dict(teacher_dtype="int8"), "teacher_dtype"),
+    (dict(teacher_dtype="int8"), "teacher_dtype"), (dict(teacher_top_k=8, teacher_cache="c"), "teacher_top_k"),
 ])
 def test_bad_settings_name_the_key(setup, tmp_path, overrides, key):
     with pytest.raises(ConfigError, match=key):

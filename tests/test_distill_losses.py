@@ -114,6 +114,21 @@ def test_sparse_top_k_loss_and_gradients_equal_plain_autograd(spec):
         assert_close(actual, expected)
 
 
+@pytest.mark.parametrize("spec", SPECS[:3] + SPECS[5:8], ids=lambda s: f"{s.loss}-b{s.beta}-a{s.alpha}")
+def test_online_teacher_top_k_equals_plain_autograd_on_the_teachers_top_k(spec):
+    hidden, weight, teacher_hidden, teacher_weight, labels = make_inputs(seed=6, teacher_vocab=STUDENT_VOCAB)
+    online_top_k = LossSpec(spec.loss, spec.beta, spec.temperature, spec.alpha, chunk_size=6, teacher_top_k=7)
+    top = sparse_teacher(teacher_hidden, teacher_weight, labels, 7, spec.temperature)
+    chunked = loss_and_grads(lambda h, w: distill_loss(
+        h, w, DenseTeacher(teacher_hidden, teacher_weight), labels, online_top_k)[0], hidden, weight)
+    plain = loss_and_grads(lambda h, w: plain_sparse_distill_loss(h, w, *top[:3], labels, spec), hidden, weight)
+    for actual, expected in zip(chunked, plain):
+        assert_close(actual, expected)
+    whole = loss_and_grads(lambda h, w: distill_loss(
+        h, w, DenseTeacher(teacher_hidden, teacher_weight), labels, spec)[0], hidden, weight)
+    assert not torch.allclose(chunked[0], whole[0]), "7 of 50 ids plus a rest bucket is not the whole vocab"
+
+
 def test_bfloat16_inputs_give_gradients_in_their_dtype_close_to_float32():
     hidden, weight, teacher_hidden, teacher_weight, labels = make_inputs(seed=5)
     spec = LossSpec(chunk_size=8)
@@ -129,7 +144,8 @@ def test_bfloat16_inputs_give_gradients_in_their_dtype_close_to_float32():
 
 @pytest.mark.parametrize("field, value", [("beta", 1.5), ("beta", -0.1), ("temperature", 0.0),
                                           ("temperature", -1.0), ("alpha", 1.2), ("alpha", -0.5),
-                                          ("loss", "kl"), ("chunk_size", -1)])
+                                          ("loss", "kl"), ("chunk_size", -1),
+                                          ("teacher_top_k", -1), ("teacher_top_k", 2.5)])
 def test_bad_loss_parameters_name_the_key(field, value):
     with pytest.raises(ConfigError, match=field):
         LossSpec(**{field: value}).validate()

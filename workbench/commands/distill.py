@@ -52,6 +52,8 @@ HELP = {
     "temperature": "Softmax temperature of both models in the KD term (loss scaled by T^2).",
     "alpha": "Weight of the KD loss; 1 - alpha goes to cross-entropy on the labels.",
     "chunk_size": "Tokens per chunk of the loss; memory ~ chunk x vocab (0: auto, 512 at vocab 49152).",
+    "teacher_top_k": "Compare with the online teacher over its top-k ids plus one bucket for the rest, "
+                     "as a cache does (0: whole vocab).",
     "teacher_dtype": "Teacher weights dtype: float32 | bfloat16 | float16 (default: its own).",
     "teacher_device": "Teacher device, e.g. cpu or cuda:1 (default: the student's).",
     "on_policy": "Share of batches whose answers the student samples itself, scored by the teacher "

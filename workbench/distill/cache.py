@@ -22,7 +22,7 @@ from pathlib import Path
 import torch
 
 from workbench.checkpoint import Checkpoint, file_fingerprint, parse_dtype
-from workbench.distill.losses import LossSpec, SparseTeacher
+from workbench.distill.losses import LossSpec, SparseTeacher, sparse_from_logprobs
 from workbench.errors import ConfigError
 
 MANIFEST = "teacher_cache.json"
@@ -131,14 +131,10 @@ def teacher_topk(hidden: torch.Tensor, weight: torch.Tensor, k: int, temperature
                  chunk_size: int) -> SparseTeacher:
     """Top-k ids, log-probs and remaining log-mass of softmax(hidden @ weight.T / T), by chunks
     (``weight`` in float32)."""
-    ids, logprobs, rest = [], [], []
-    for start in range(0, hidden.shape[0], chunk_size):
-        logp = torch.log_softmax((hidden[start:start + chunk_size].float() @ weight.T) / temperature, dim=1)
-        top = logp.topk(k, dim=1)
-        ids.append(top.indices)
-        logprobs.append(top.values)
-        rest.append(logp.scatter_(1, top.indices, float("-inf")).logsumexp(dim=1))
-    return SparseTeacher(torch.cat(ids), torch.cat(logprobs), torch.cat(rest))
+    pieces = [sparse_from_logprobs(torch.log_softmax(
+        (hidden[start:start + chunk_size].float() @ weight.T) / temperature, dim=1), k)
+        for start in range(0, hidden.shape[0], chunk_size)]
+    return SparseTeacher(*(torch.cat([piece[i] for piece in pieces]) for i in range(3)))
 
 
 def write_cache(out: str | os.PathLike, manifest: dict, teacher: SparseTeacher, keys: list[int],

@@ -25,6 +25,7 @@ class DistillConfig(TrainingConfig):
     temperature: float = 1.0
     alpha: float = 1.0
     chunk_size: int = 0
+    teacher_top_k: int = 0
     teacher_dtype: str | None = None
     teacher_device: str | None = None
     teacher_cache: str | None = None
@@ -46,6 +47,9 @@ class DistillConfig(TrainingConfig):
         if self.truncation not in TRUNCATION_MODES:
             raise ConfigError(f"truncation must be one of {', '.join(TRUNCATION_MODES)}, got {self.truncation!r}")
         self.validate_on_policy()
+        if self.teacher_top_k and self.teacher_cache:
+            raise ConfigError("teacher_top_k applies to the online teacher; a teacher cache already holds "
+                              "its own top-k (drop one of them)")
         if self.teacher_dtype is not None and self.teacher_dtype not in TEACHER_DTYPES:
             raise ConfigError(f"teacher_dtype must be one of {', '.join(TEACHER_DTYPES)}, got {self.teacher_dtype!r}")
 
@@ -71,7 +75,7 @@ class DistillConfig(TrainingConfig):
         """The loss settings as a ``workbench.distill.losses.LossSpec`` (imported here: it needs torch)."""
         from workbench.distill.losses import LossSpec
 
-        return LossSpec(self.loss, self.beta, self.temperature, self.alpha, self.chunk_size)
+        return LossSpec(self.loss, self.beta, self.temperature, self.alpha, self.chunk_size, self.teacher_top_k)
 
     def run_identity(self) -> dict:
         """The settings that define a run: a directory holding another identity is another run."""

@@ -28,7 +28,10 @@ tokens; the training loop divides by the supervised tokens of the global batch.
 The teacher is either dense (hidden states + lm_head weight, run online) or sparse (its
 top-k ids and log-probabilities from a cache plus the log of the remaining mass): the sparse
 loss compares the distributions over k + 1 buckets, the top-k ids and "everything else",
-which is exact when k is the vocab size.
+which is exact when k is the vocab size. ``teacher_top_k`` makes an online teacher sparse the
+same way, chunk by chunk: the divergence then no longer reaches into the tail of ids the teacher
+rules out (log-probabilities of -20 to -40 on near-deterministic answers), where dense reverse
+KL spends most of its gradient squashing student mass that never decides a greedy answer.
 """
 
 from __future__ import annotations
@@ -55,6 +58,7 @@ class LossSpec:
     temperature: float = 1.0
     alpha: float = 1.0
     chunk_size: int = 0  # 0: auto, see chunk_tokens
+    teacher_top_k: int = 0  # 0: the online teacher's whole vocab, else its top-k ids + one rest bucket
 
     def validate(self) -> None:
         if self.loss not in KD_LOSSES:
@@ -67,6 +71,8 @@ class LossSpec:
             raise ConfigError(f"alpha must be in [0, 1], got {self.alpha!r}")
         if not isinstance(self.chunk_size, int) or isinstance(self.chunk_size, bool) or self.chunk_size < 0:
             raise ConfigError(f"chunk_size must be an integer >= 0 (0: auto), got {self.chunk_size!r}")
+        if not isinstance(self.teacher_top_k, int) or isinstance(self.teacher_top_k, bool) or self.teacher_top_k < 0:
+            raise ConfigError(f"teacher_top_k must be an integer >= 0 (0: whole vocab), got {self.teacher_top_k!r}")
 
     def chunk_tokens(self, vocab: int) -> int:
         """Tokens per chunk: ``chunk_size``, or for 0 the power of two nearest to 2^25 / vocab
@@ -218,6 +224,9 @@ def _chunk(logits: torch.Tensor, teacher, targets: torch.Tensor, spec: LossSpec,
         teacher_top1 = teacher_logits.max(dim=1).indices
         teacher_logp = torch.log_softmax(_scaled_(teacher_logits, temperature), dim=1)
         del teacher_logits
+        if spec.teacher_top_k:
+            teacher = sparse_from_logprobs(teacher_logp, spec.teacher_top_k)
+            del teacher_logp
     else:
         shared = teacher.vocab or logits.shape[1]
         teacher_top1 = teacher.ids[:, 0]
@@ -232,7 +241,7 @@ def _chunk(logits: torch.Tensor, teacher, targets: torch.Tensor, spec: LossSpec,
         ce_rows = logits.logsumexp(dim=1) - target_logits  # cross-entropy at temperature 1, whole vocab
     if alpha == 1 and whole_vocab:
         del logits  # not needed for the gradient
-    if isinstance(teacher, DenseTeacher):
+    if not isinstance(teacher, SparseTeacher):
         kd_rows, dkd = _dense_divergence(student_logp, teacher_logp, spec.divergence, spec.beta)
     else:
         kd_rows, dkd = _sparse_divergence(student_logp, teacher, spec.divergence, spec.beta)
@@ -256,6 +265,13 @@ def _chunk(logits: torch.Tensor, teacher, targets: torch.Tensor, spec: LossSpec,
     if alpha > 0:
         dlogits[:, :shared].add_(dkd, alpha=alpha * temperature)
     return loss.double(), stats, dlogits
+
+
+def sparse_from_logprobs(logp: torch.Tensor, k: int) -> SparseTeacher:
+    """The top-k ids and log-probabilities of each row and the log of the rest of its mass."""
+    top = logp.topk(min(k, logp.shape[1]), dim=1)
+    rest = logp.scatter_(1, top.indices, float("-inf")).logsumexp(dim=1)
+    return SparseTeacher(top.indices, top.values, rest, logp.shape[1])
 
 
 def _scaled_(tensor: torch.Tensor, temperature: float) -> torch.Tensor:
