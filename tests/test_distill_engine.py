@@ -107,6 +107,19 @@ def test_cache_with_full_top_k_trains_the_same_student_as_the_online_teacher(set
         assert offline_event[key] == pytest.approx(online_event[key], rel=1e-4, abs=1e-6), key
 
 
+def test_online_teacher_top_k_trains_like_a_cache_of_the_same_k(setup, tmp_path):
+    cache = tmp_path / "cache"
+    build_teacher_cache(str(setup["teacher"]), str(setup["data"]), str(cache), top_k=5, val_data=str(setup["val"]),
+                        max_length=64, dtype="float32")
+    top_k = run(config(setup, tmp_path / "top_k", teacher_top_k=5))
+    cached = run(config(setup, tmp_path / "cached", teacher="", teacher_cache=str(cache)))
+    whole = run(config(setup, tmp_path / "whole"))
+    a, b, c = Checkpoint(top_k.path), Checkpoint(cached.path), Checkpoint(whole.path)
+    for name in a.names():
+        torch.testing.assert_close(a.read(name), b.read(name), rtol=1e-4, atol=1e-5)
+    assert any(not torch.allclose(a.read(name), c.read(name)) for name in a.names())
+
+
 def test_cache_cli_reports_bytes_per_token_and_refuses_other_data(setup, tmp_path):
     cache = tmp_path / "cache"
     made = run_workbench("distill", "cache-teacher", "--teacher", setup["teacher"], "--data", setup["data"],
