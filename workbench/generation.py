@@ -24,6 +24,13 @@ def build_prompt_ids(tokenizer, prompt: str, system: str | None = None) -> torch
     return ids
 
 
+def sampling_kwargs(temperature: float) -> dict:
+    """``generate`` settings: plain sampling at ``temperature`` (no top-k/top-p cut), or greedy for 0."""
+    if temperature > 0:
+        return {"do_sample": True, "temperature": temperature, "top_k": 0, "top_p": 1.0}
+    return {"do_sample": False, "temperature": None, "top_p": None, "top_k": None}
+
+
 def generate_text(model, tokenizer, prompt: str, *, max_new_tokens: int = 64, temperature: float = 0.0,
                   system: str | None = None, seed: int = 0) -> str:
     """The model's answer to one prompt (the new tokens only, special tokens stripped)."""
@@ -32,9 +39,6 @@ def generate_text(model, tokenizer, prompt: str, *, max_new_tokens: int = 64, te
     if temperature < 0:
         raise ConfigError(f"--temperature must be >= 0, got {temperature}")
     input_ids = build_prompt_ids(tokenizer, prompt, system).to(model.device)
-    sampling = temperature > 0
-    kwargs = {"do_sample": True, "temperature": temperature, "top_k": 0, "top_p": 1.0} if sampling else {
-        "do_sample": False, "temperature": None, "top_p": None, "top_k": None}
     torch.manual_seed(seed)
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
     with torch.no_grad():
@@ -43,7 +47,7 @@ def generate_text(model, tokenizer, prompt: str, *, max_new_tokens: int = 64, te
             attention_mask=torch.ones_like(input_ids),
             max_new_tokens=max_new_tokens,
             pad_token_id=pad_id,
-            **kwargs,
+            **sampling_kwargs(temperature),
         )
     return tokenizer.decode(output[0, input_ids.shape[1]:], skip_special_tokens=True).strip()
 

@@ -17,6 +17,8 @@ import torch
 
 from workbench.data import IGNORE_INDEX, pad_collate
 from workbench.data.tokenize import TokenizedExample
+from workbench.evaluate.answers import left_padded
+from workbench.generation import sampling_kwargs
 from workbench.training.objectives import unwrap
 
 
@@ -52,21 +54,15 @@ class OnPolicyObjective:
     def sample(self, model, prompts: list[list[int]], device: torch.device) -> list[list[int]]:
         """One answer per prompt (left-padded batch), cut after its first end-of-sequence token;
         at most ``max_new_tokens`` and never past ``max_length`` tokens with its prompt."""
-        width = max(len(p) for p in prompts)
-        ids = torch.full((len(prompts), width), self.pad_id, dtype=torch.long)
-        mask = torch.zeros_like(ids)
-        for row, prompt in enumerate(prompts):
-            ids[row, width - len(prompt):] = torch.tensor(prompt)
-            mask[row, width - len(prompt):] = 1
+        ids, mask = left_padded(prompts, self.pad_id)
+        width = ids.shape[1]
         new_tokens = min(self.max_new_tokens, self.max_length - min(len(p) for p in prompts))
-        sampling = ({"do_sample": True, "temperature": self.temperature, "top_k": 0, "top_p": 1.0}
-                    if self.temperature > 0 else {"do_sample": False, "temperature": None, "top_k": None,
-                                                  "top_p": None})
         was_training = model.training
         model.eval()
         try:
             output = model.generate(ids.to(device), attention_mask=mask.to(device), max_new_tokens=new_tokens,
-                                    pad_token_id=self.pad_id, eos_token_id=sorted(self.eos_ids), **sampling)
+                                    pad_token_id=self.pad_id, eos_token_id=sorted(self.eos_ids),
+                                    **sampling_kwargs(self.temperature))
         finally:
             model.train(was_training)
         answers = []
