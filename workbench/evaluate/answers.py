@@ -12,6 +12,7 @@ import torch
 
 from workbench.data.loading import Conversation
 from workbench.errors import DataError
+from workbench.generation import sampling_kwargs
 
 
 @dataclass(frozen=True)
@@ -65,8 +66,7 @@ def greedy_answers(model, tokenizer, prompts: list[Prompt], *, max_new_tokens: i
         input_ids, attention_mask = left_padded(encoded[start:start + batch_size], pad_id)
         width = input_ids.shape[1]
         output = model.generate(input_ids=input_ids, attention_mask=attention_mask,
-                                max_new_tokens=max_new_tokens, do_sample=False, temperature=None,
-                                top_p=None, top_k=None, pad_token_id=pad_id)
+                                max_new_tokens=max_new_tokens, pad_token_id=pad_id, **sampling_kwargs(0.0))
         for row in output[:, width:]:
             answers.append(tokenizer.decode(row, skip_special_tokens=True).strip())
     return answers
