@@ -127,7 +127,7 @@ def test_bad_recipe_on_the_command_line_exits_2_and_writes_nothing(tmp_path):
 def test_yaml_syntax_error_names_the_line(tmp_path):
     path = tmp_path / "bad.yaml"
     path.write_text("name: t\nsteps:\n  - id: [unclosed\n")
-    with pytest.raises(ConfigError, match=r"bad.yaml: not valid YAML \(line \d+, column \d+\)"):
+    with pytest.raises(ConfigError, match=r"bad.yaml: YAML does not parse \(line \d+, column \d+\)"):
         load_recipe(path)
 
 
@@ -201,3 +201,54 @@ def test_bad_teacher_cache_and_lora_side_on_the_command_line_exit_2_and_write_no
     assert "step 'd', key 'teacher_cache': teacher cache 'nowhere' does not exist" in result.stderr
     assert "step 'soup', key 'models[0].model': 'd' after '+' must be a LoRA adapter" in result.stderr
     assert not (tmp_path / "runs").exists()
+
+
+def line_of(path: Path, text: str) -> int:
+    """The 1-based line of ``path`` that holds ``text``."""
+    return next(i for i, line in enumerate(path.read_text().splitlines(), start=1) if text in line)
+
+
+def test_a_set_value_that_is_not_yaml_is_one_line_exit_2_and_writes_nothing(tmp_path):
+    path = write_recipe(tmp_path, chain({"id": "x", "sft": {"model": "base", "data": "train.jsonl"}}))
+    result = run_workbench("run", path, "--runs-dir", tmp_path / "runs", "--set", "x.lr=[1,")
+    assert result.returncode == 2
+    assert result.stderr.startswith("error: ") and result.stderr.count("\n") == 1, result.stderr
+    assert "--set 'x.lr=[1,': YAML does not parse (line 1, column 4)" in result.stderr
+    assert not (tmp_path / "runs").exists()
+
+
+def test_a_set_value_the_engine_refuses_stops_the_recipe_before_any_step_runs(tmp_path):
+    """The import step before x would otherwise run and write its state and the report."""
+    path = write_recipe(tmp_path, chain({"id": "x", "sft": {"model": "base", "data": "train.jsonl"}}))
+    result = run_workbench("run", path, "--runs-dir", tmp_path / "runs", "--set", "x.lr=-1")
+    assert result.returncode == 2
+    assert result.stderr.startswith("error: ") and result.stderr.count("\n") == 1, result.stderr
+    assert "step 'x', key 'lr' (--set 'x.lr=-1'): lr must be > 0" in result.stderr
+    assert not (tmp_path / "runs").exists()
+
+
+def test_engine_validation_of_every_step_names_the_line_step_and_key(tmp_path):
+    path = write_recipe(tmp_path, chain(
+        {"id": "x", "sft": {"model": "base", "data": "train.jsonl", "schedule": "nope"}},
+        {"id": "e", "eval": {"models": ["x"], "data": "train.jsonl", "match": "fuzzy"}}))
+    message = problems(tmp_path, yaml.safe_load(path.read_text()))
+    assert "2 problems" in message
+    assert (f"line {line_of(path, 'schedule: nope')}: step 'x', key 'schedule': schedule must be one of"
+            in message)
+    assert f"line {line_of(path, 'match: fuzzy')}: step 'e', key 'match': match must be one of" in message
+
+
+def test_a_single_problem_is_one_line_with_file_and_line(tmp_path):
+    path = write_recipe(tmp_path, chain({"id": "x", "sft": {"model": "base", "data": "train.jsonl",
+                                                            "batch_size": "eight"}}))
+    with pytest.raises(ConfigError) as caught:
+        load_recipe(path)
+    assert str(caught.value) == (f"{path}:{line_of(path, 'batch_size: eight')}: step 'x', key 'batch_size': "
+                                 "expected an integer (got 'eight')")
+
+
+def test_a_key_from_defaults_is_located_where_the_defaults_give_it(tmp_path):
+    path = write_recipe(tmp_path, chain({"id": "x", "sft": {"model": "base", "data": "train.jsonl"}},
+                                        defaults={"sft": {"epochs": "two"}}))
+    message = problems(tmp_path, yaml.safe_load(path.read_text()))
+    assert f":{line_of(path, 'epochs: two')}: step 'x', key 'epochs': expected an integer" in message

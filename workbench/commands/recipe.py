@@ -18,7 +18,8 @@ import click
 def run_recipe(recipe, dry_run, overrides, only, start, force, runs_dir) -> None:
     """Run RECIPE: its steps in dependency order, each skipped when its finished output has
     the same fingerprint (parameters, input checkpoints, data files, version). Writes
-    RUNS_DIR/<name>/report.md and report.html, and prints each evaluation table."""
+    RUNS_DIR/<name>/report.md and report.html, and prints what each step shows at the end
+    (an evaluation's table)."""
     from workbench.recipe import load_recipe
     from workbench.recipe.runner import Runner, Selection
 
@@ -36,6 +37,6 @@ def run_recipe(recipe, dry_run, overrides, only, start, force, runs_dir) -> None
         report = write_report(loaded, runner.run_dir)
         click.echo(f"report: {report} (and report.html)", err=True)
     for step in loaded.steps.values():
-        table = runner.run_dir / step.id / "eval.md"
-        if step.kind == "eval" and table.is_file():
-            click.echo(table.read_text())
+        text = step.spec.console_text(runner.run_dir / step.id)
+        if text is not None:
+            click.echo(text)

@@ -1,12 +1,12 @@
 """Distillation: chunked KD losses, students cut from a teacher, offline teacher cache, engine.
 
-``run`` and ``init_student`` are imported lazily so that reading ``DistillConfig`` (e.g. for
-`--help`) does not load torch.
+``run``, ``init_student`` and ``TEACHER_CACHE_MANIFEST`` are imported lazily so that reading
+``DistillConfig`` (e.g. for `--help`) does not load torch.
 """
 
 from workbench.distill.config import DistillConfig
 
-__all__ = ["DistillConfig", "init_student", "run"]
+__all__ = ["DistillConfig", "TEACHER_CACHE_MANIFEST", "init_student", "run"]
 
 
 def __getattr__(name: str):
@@ -18,4 +18,8 @@ def __getattr__(name: str):
         from workbench.distill.student import init_student
 
         return init_student
+    if name == "TEACHER_CACHE_MANIFEST":  # the file that identifies a teacher cache directory
+        from workbench.distill.cache import MANIFEST
+
+        return MANIFEST
     raise AttributeError(f"module 'workbench.distill' has no attribute '{name}'")

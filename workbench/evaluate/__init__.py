@@ -5,8 +5,9 @@ assistant tokens, greedy-answer matching, agreement with a reference, one compar
 """
 
 from workbench.evaluate.config import EvalConfig
+from workbench.evaluate.table import REPORT_JSON, REPORT_MARKDOWN, cell, comparison_rows, markdown_table
 
-__all__ = ["EvalConfig", "run"]
+__all__ = ["EvalConfig", "REPORT_JSON", "REPORT_MARKDOWN", "cell", "comparison_rows", "markdown_table", "run"]
 
 
 def __getattr__(name: str):

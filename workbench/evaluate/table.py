@@ -6,6 +6,7 @@ import json
 import os
 from pathlib import Path
 
+REPORT_JSON, REPORT_MARKDOWN = "eval.json", "eval.md"  # what an evaluation writes to its out dir
 MATCH_TITLES = {"exact": "exact match", "contains": "answer contains", "regex": "regex match"}
 
 
@@ -66,8 +67,8 @@ def report_markdown(report: dict) -> str:
 def write_outputs(report: dict, out_dir: Path) -> None:
     """eval.json and eval.md in out_dir, each written whole or not at all."""
     out_dir.mkdir(parents=True, exist_ok=True)
-    write_atomic(out_dir / "eval.json", json.dumps(report, indent=2) + "\n")
-    write_atomic(out_dir / "eval.md", report_markdown(report) + "\n")
+    write_atomic(out_dir / REPORT_JSON, json.dumps(report, indent=2) + "\n")
+    write_atomic(out_dir / REPORT_MARKDOWN, report_markdown(report) + "\n")
 
 
 def write_atomic(path: Path, text: str) -> None:

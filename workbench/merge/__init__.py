@@ -15,7 +15,8 @@ from pathlib import Path
 
 from workbench.checkpoint import Checkpoint
 from workbench.errors import CheckpointError, ConfigError
-from workbench.merge.config import MergeConfig, ModelEntry, load_config
+from workbench.merge.config import (TOKENIZER_SOURCE_WORDS, TOP_LEVEL_KEYS, MergeConfig, ModelEntry, load_config,
+                                    validate_config)
 
 BACKENDS = ("auto", "native", "mergekit")
 

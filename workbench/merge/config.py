@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from workbench.errors import ConfigError, did_you_mean
+from workbench.yaml_io import read_yaml
 
 SHARED = "shared"  # one value per tensor
 INPUT = "input"  # one value per input model
@@ -100,6 +101,8 @@ MERGEKIT_METHODS = (
     "ram", "ramplus_tl", "sce",
 )
 KNOWN_METHODS = tuple(sorted((*NATIVE_METHODS, *MERGEKIT_METHODS)))
+# tokenizer_source values that name no model: the base model's tokenizer, or the union of all
+TOKENIZER_SOURCE_WORDS = ("base", "union")
 TOP_LEVEL_KEYS = ("merge_method", "models", "base_model", "parameters", "dtype", "out_dtype",
                   "tokenizer_source", "tokenizer", "chat_template", "slices", "modules")
 MODEL_KEYS = ("model", "parameters")
@@ -178,22 +181,10 @@ def load_config(config: dict | str | os.PathLike) -> MergeConfig:
     path = Path(config)
     if not path.is_file():
         raise ConfigError(f"{path}: config file does not exist")
-    return validate_config(parse_yaml(path.read_text(), str(path)), str(path))
-
-
-def parse_yaml(text: str, source: str) -> dict:
-    import yaml
-
-    try:
-        data = yaml.safe_load(text)
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
-        detail = f"line {mark.line + 1}, column {mark.column + 1}: {problem}" if mark is not None else problem
-        raise ConfigError(f"{source}: YAML does not parse ({detail})") from None
+    data = read_yaml(path)
     if not isinstance(data, dict):
-        raise ConfigError(f"{source}: expected a mapping with merge_method and models at the top")
-    return data
+        raise ConfigError(f"{path}: expected a mapping with merge_method and models at the top")
+    return validate_config(data, str(path))
 
 
 def validate_config(raw: dict, source: str) -> MergeConfig:
@@ -226,7 +217,7 @@ def validate_config(raw: dict, source: str) -> MergeConfig:
         if raw.get(key) is not None and raw[key] not in DTYPES:
             raise ConfigError(f"{source}: {key} '{raw[key]}' is not one of {', '.join(DTYPES)}")
     tokenizer_source = raw.get("tokenizer_source")
-    if tokenizer_source not in (None, "base", "union"):
+    if tokenizer_source is not None and tokenizer_source not in TOKENIZER_SOURCE_WORDS:
         tokenizer_source = ModelRef.parse(tokenizer_source, f"{source}: tokenizer_source")
     if tokenizer_source == "base" and base is None:
         raise ConfigError(f"{source}: tokenizer_source 'base' needs a base_model")

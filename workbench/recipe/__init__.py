@@ -1,5 +1,5 @@
-"""Recipes: one YAML file chaining import, sft, student, distill, merge and eval steps,
-validated whole before anything runs, each step cached by its fingerprint."""
+"""Recipes: one YAML file chaining steps (their kinds: ``workbench.recipe.kinds``), validated
+whole before anything runs, each step cached by its fingerprint."""
 
 from workbench.recipe.schema import Recipe, Step, load_recipe
 

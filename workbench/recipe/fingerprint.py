@@ -1,8 +1,8 @@
 """A step's fingerprint: a hash of everything that determines its output.
 
 kind + parameters, where every input checkpoint is replaced by its content fingerprint, every
-data file and LoRA adapter by its content hash and a teacher cache by its manifest's hash (the
-manifest holds the fingerprints of what the cache was made from), + the workbench version.
+data file and LoRA adapter by its content hash (and what a kind says of its own parameters,
+``StepKind.fingerprint_part``: a teacher cache by its manifest's hash), + the workbench version.
 Two runs with the same fingerprint produce the same output, so the second one is skipped.
 Each parameter's part is kept too, so a re-run can say which parameter or input changed.
 """
@@ -16,7 +16,7 @@ from pathlib import Path
 from workbench import __version__
 from workbench.checkpoint import Checkpoint, file_fingerprint
 from workbench.recipe.kinds import KINDS
-from workbench.recipe.schema import Ref, WithAdapter
+from workbench.recipe.refs import Ref, WithAdapter
 
 
 class ContentHashes:
@@ -61,14 +61,8 @@ def step_fingerprint(kind: str, params: dict, upstream: dict[str, str],
             return [canonical(v) for v in value]
         return value
 
-    def part(key: str, value):
-        if key in KINDS[kind].cache_keys and isinstance(value, Path):
-            from workbench.distill.cache import MANIFEST
-
-            return {"teacher cache": hashes.of(value / MANIFEST)}
-        return canonical(value)
-
-    parts = {key: _digest(part(key, value)) for key, value in params.items()}
+    spec = KINDS[kind]
+    parts = {key: _digest(spec.fingerprint_part(key, value, canonical, hashes)) for key, value in params.items()}
     parts["(kind)"] = _digest(kind)
     parts["(workbench version)"] = _digest(__version__)
     return _digest(parts), parts

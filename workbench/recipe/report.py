@@ -1,8 +1,8 @@
 """The run's report: runs/<name>/report.md and report.html (self-contained: plots inlined).
 
-Sections: every step with its status, time and key metrics; each evaluation's comparison
-table and side-by-side answers; the loss curve of every training step (from its
-events.jsonl); the lineage, which checkpoint came from which.
+Sections: every step with its status, time and key metrics; what each step's kind adds
+(an evaluation's comparison table and side-by-side answers); the loss curve of every step
+that trains (from its events.jsonl); the lineage, which checkpoint came from which.
 """
 
 from __future__ import annotations
@@ -14,8 +14,8 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 from workbench import __version__
-from workbench.evaluate.table import cell, comparison_rows, markdown_table, write_atomic
-from workbench.recipe.kinds import TRAINING_KINDS
+from workbench.evaluate import cell, markdown_table
+from workbench.evaluate.table import write_atomic
 from workbench.recipe.runner import format_metrics, format_seconds
 from workbench.recipe.schema import Recipe
 from workbench.recipe.state import read_record
@@ -50,10 +50,9 @@ def report_blocks(recipe: Recipe, run_dir: Path) -> list[tuple]:
     blocks.append(("table", ["step", "kind", "status", "time", "key metrics"], rows))
     for step in recipe.steps.values():
         record = records[step.id]
-        if step.kind == "eval" and record and record.status == "done":
-            blocks += _evaluation_blocks(step.id, run_dir / record.output / "eval.json")
-    plots = [(step.id, _plot_loss(run_dir, step.id)) for step in recipe.steps.values()
-             if step.kind in TRAINING_KINDS]
+        if record and record.status == "done":
+            blocks += step.spec.report_blocks(step.id, run_dir / record.output)
+    plots = [(step.id, _plot_loss(run_dir, step.id)) for step in recipe.steps.values() if step.spec.trains]
     plots = [(step_id, png) for step_id, png in plots if png]
     if plots:
         blocks.append(("h2", "Loss curves"))
@@ -61,17 +60,6 @@ def report_blocks(recipe: Recipe, run_dir: Path) -> list[tuple]:
             blocks += [("h3", step_id), ("image", png.relative_to(run_dir).as_posix())]
     blocks += [("h2", "Lineage"), ("table", ["step", "kind", "inputs", "output", "fingerprint"],
                                    _lineage_rows(recipe, records))]
-    return blocks
-
-
-def _evaluation_blocks(step_id: str, path: Path) -> list[tuple]:
-    report = json.loads(path.read_text())
-    blocks = [("h2", f"Evaluation: {step_id}"), ("table", *comparison_rows(report))]
-    if report["side_by_side"]:
-        blocks.append(("h3", "Answers side by side"))
-        for item in report["side_by_side"]:
-            blocks.append(("text", f"{item['data']}: {item['prompt']} (expected: {item['expected']})"))
-            blocks.append(("table", ["model", "answer"], [list(pair) for pair in item["answers"].items()]))
     return blocks
 
 

@@ -13,16 +13,12 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from workbench.checkpoint import Checkpoint, file_fingerprint
 from workbench.errors import ConfigError, WorkbenchError
-from workbench.recipe.executors import EXECUTORS
 from workbench.recipe.fingerprint import ContentHashes, step_fingerprint
-from workbench.recipe.kinds import TRAINING_KINDS
-from workbench.recipe.schema import Recipe, Ref, Step, WithAdapter, iter_refs
+from workbench.recipe.kinds import StepCall, StepKind
+from workbench.recipe.refs import Ref, WithAdapter, iter_refs, replace_inputs
+from workbench.recipe.schema import Recipe, Step
 from workbench.recipe.state import StepRecord, read_record, write_record
-
-
-KEY_METRIC_WORDS = ("loss", "accuracy", "agreement", "perplexity")
 
 
 class StepFailed(WorkbenchError):
@@ -110,7 +106,8 @@ class Runner:
         if missing_inputs:
             action = "blocked" if step.id in self.allowed else "skip"
             return Decision(step, action, f"input '{missing_inputs[0]}' has no finished output")
-        fingerprint, parts = step_fingerprint(step.kind, params, upstream, self.hashes)
+        # launch options count like parameters: how many processes train changes the result
+        fingerprint, parts = step_fingerprint(step.kind, {**params, **step.launch}, upstream, self.hashes)
         record = read_record(self.run_dir, step.id)
         reason, resume = self._why_run(step, record, fingerprint, parts)
         if reason is None:
@@ -131,17 +128,17 @@ class Runner:
             changed += [k for k in record.parts if k not in parts]
             return f"changed: {', '.join(changed)}", False
         if record.status == "running":
-            resumable = step.kind in TRAINING_KINDS and (self.run_dir / step.id).is_dir()
+            resumable = step.spec.trains and (self.run_dir / step.id).is_dir()
             return ("interrupted: resumes from its last checkpoint" if resumable else "interrupted"), resumable
         if record.status == "failed":
             return "its last run failed", False
-        if not self._output_intact(record):
+        if not self._output_intact(step, record):
             return "its output is missing or was modified", False
         return None, False
 
-    def _output_intact(self, record: StepRecord) -> bool:
+    def _output_intact(self, step: Step, record: StepRecord) -> bool:
         try:
-            return output_fingerprint(record.kind, self.run_dir / record.output) == record.output_fingerprint
+            return step.spec.output_fingerprint(self.run_dir / record.output) == record.output_fingerprint
         except (WorkbenchError, OSError):
             return False
 
@@ -150,27 +147,8 @@ class Runner:
         return self.run_dir / record.output, record.output_fingerprint
 
     def effective_params(self, step: Step) -> dict:
-        """The step's parameters plus what the runner adds: an eval step without a base gets
-        the recipe's import step upstream of its models as the baseline."""
-        if step.kind != "eval" or step.params.get("base") is not None:
-            return step.params
-        root = self._import_ancestor(step)
-        if root is None:
-            return step.params
-        models = step.params["models"]
-        return {**step.params, "models": models if Ref(root) in models else [Ref(root), *models]}
-
-    def _import_ancestor(self, step: Step) -> str | None:
-        pending, seen = list(step.dependencies), set()
-        while pending:
-            current = self.recipe.steps[pending.pop(0)]
-            if current.id in seen:
-                continue
-            seen.add(current.id)
-            if current.kind == "import":
-                return current.id
-            pending.extend(current.dependencies)
-        return None
+        """The step's parameters plus what its kind adds (see StepKind.prepare)."""
+        return step.spec.prepare(step, self.recipe)
 
     # --- running ---------------------------------------------------------------------------
 
@@ -204,11 +182,10 @@ class Runner:
         record = StepRecord(step.id, step.kind, decision.fingerprint, decision.parts, "running",
                             started=time.time(), inputs=_input_names(params))
         write_record(self.run_dir, record)
-        resolved = self._resolve(params)
-        if step.kind == "eval":
-            resolved["labels"] = [_label(v) for v in params["models"]]
+        call = StepCall(replace_inputs(params, self._path_of), params, self.run_dir / step.id, decision.resume,
+                        dict(step.launch))
         try:
-            output = EXECUTORS[step.kind](resolved, self.run_dir / step.id, decision.resume)
+            output = Path(self._invoke(step.spec, call))
         except WorkbenchError as exc:
             record.status, record.error = "failed", str(exc)
             record.seconds = round(time.time() - record.started, 1)
@@ -219,24 +196,28 @@ class Runner:
                 self.log(f"step '{step.id}' ({step.kind}) crashed; the traceback follows")
             raise
         record.status = "done"
-        record.output = _portable(Path(output), self.run_dir)
-        record.output_fingerprint = output_fingerprint(step.kind, output)
-        record.metrics = output_metrics(step.kind, output)
+        record.output = _portable(output, self.run_dir)
+        record.output_fingerprint = step.spec.output_fingerprint(output)
+        record.metrics = step.spec.metrics(output)
         record.seconds = round(time.time() - record.started, 1)
         write_record(self.run_dir, record)
         self.outputs[step.id] = (output, record.output_fingerprint)
         return record
 
-    def _resolve(self, value):
+    @staticmethod
+    def _invoke(kind: StepKind, call: StepCall) -> Path:
+        """The one place a step is launched: in this process, by its kind. A launch option
+        that runs it elsewhere (several processes) branches here, on ``call.launch``."""
+        return kind.run(call)
+
+    def _path_of(self, value) -> str:
+        """An input as the engines take it: a step's output (or a path inside it), a
+        checkpoint with an adapter as MODEL+LORA, a path as a string."""
         if isinstance(value, Ref):
-            return self.outputs[value.step][0] / value.path
+            return str(self.outputs[value.step][0] / value.path)
         if isinstance(value, WithAdapter):
-            return f"{self._resolve(value.model)}+{self._resolve(value.adapter)}"
-        if isinstance(value, dict):
-            return {k: self._resolve(v) for k, v in value.items()}
-        if isinstance(value, list):
-            return [self._resolve(v) for v in value]
-        return value
+            return f"{self._path_of(value.model)}+{self._path_of(value.adapter)}"
+        return str(value)
 
 
 def _portable(output: Path, run_dir: Path) -> str:
@@ -246,10 +227,6 @@ def _portable(output: Path, run_dir: Path) -> str:
         return output.resolve().relative_to(run_dir.resolve()).as_posix()
     except ValueError:
         return str(output.resolve())
-
-
-def _label(value) -> str:
-    return value.step if isinstance(value, Ref) else Path(value).name
 
 
 def _input_names(params: dict) -> dict:
@@ -262,21 +239,6 @@ def _input_names(params: dict) -> dict:
         elif isinstance(value, Path) and value.is_dir():
             names[key] = str(value)
     return names
-
-
-def output_fingerprint(kind: str, output: Path) -> str:
-    if kind == "eval":
-        return file_fingerprint(output / "eval.json")
-    return Checkpoint(output).fingerprint()
-
-
-def output_metrics(kind: str, output: Path) -> dict:
-    """Key numbers of a finished step: the final metrics its engine put in the lineage."""
-    if kind == "eval":
-        return {}
-    metrics = (Checkpoint(output).lineage or {}).get("metrics") or {}
-    return {k: v for k, v in metrics.items() if isinstance(v, (int, float)) and not isinstance(v, bool)
-            and any(word in k for word in KEY_METRIC_WORDS)}
 
 
 def format_seconds(seconds: float | None) -> str:

@@ -1,5 +1,5 @@
-"""A tiny random model with a real tokenizer and chat template: the `import: {tiny: ...}`
-source, so a recipe can exercise every engine end to end in seconds without a download.
+"""A tiny random model with a real tokenizer and chat template: the `tiny` model source of a
+recipe, so a recipe can exercise every engine end to end in seconds without a download.
 
 The tokenizer is a byte-level BPE trained on a small fixed corpus, so it encodes any text;
 the chat template is ChatML with `<|im_end|>` as end of turn. The test suite builds its

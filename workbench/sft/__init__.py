@@ -3,9 +3,9 @@
 ``run`` is imported lazily so that reading ``SFTConfig`` (e.g. for `--help`) does not load torch.
 """
 
-from workbench.sft.config import SFTConfig
+from workbench.sft.config import ADAPTER_DIR, SFTConfig
 
-__all__ = ["SFTConfig", "run"]
+__all__ = ["ADAPTER_DIR", "SFTConfig", "run"]
 
 
 def __getattr__(name: str):
