@@ -230,9 +230,11 @@ def test_a_set_value_the_engine_refuses_stops_the_recipe_before_any_step_runs(tm
 def test_engine_validation_of_every_step_names_the_line_step_and_key(tmp_path):
     path = write_recipe(tmp_path, chain(
         {"id": "x", "sft": {"model": "base", "data": "train.jsonl", "schedule": "nope"}},
-        {"id": "e", "eval": {"models": ["x"], "data": "train.jsonl", "match": "fuzzy"}}))
+        {"id": "e", "eval": {"models": ["x"], "data": "train.jsonl", "match": "fuzzy"}},
+        {"id": "other", "import": {"tiny": {"layers": "two"}}}))
     message = problems(tmp_path, yaml.safe_load(path.read_text()))
-    assert "2 problems" in message
+    assert "3 problems" in message
+    assert f"line {line_of(path, 'id: other')}: step 'other': tiny: 'layers' must be an integer, got 'two'" in message
     assert (f"line {line_of(path, 'schedule: nope')}: step 'x', key 'schedule': schedule must be one of"
             in message)
     assert f"line {line_of(path, 'match: fuzzy')}: step 'e', key 'match': match must be one of" in message

@@ -17,7 +17,7 @@ import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from workbench.errors import ConfigError, did_you_mean
+from workbench.errors import ConfigError, WorkbenchError, did_you_mean
 from workbench.recipe.inputs import Inputs
 from workbench.recipe.kinds import KINDS, RUNNER_OWNED, StepKind
 from workbench.recipe.params import TypeMismatch, coerce
@@ -298,7 +298,7 @@ def _validate_with_engine(step: Step, stand_in: str, problems: Problems) -> None
     recipe before any step runs, not when its step's turn comes."""
     try:
         step.spec.validate(step, stand_in)
-    except ConfigError as exc:
+    except WorkbenchError as exc:
         message = str(exc)
         first_word = message.split(" ", 1)[0]
         problems.add(message, step.id, first_word if first_word in step.params else None)

@@ -70,16 +70,23 @@ def random_model(config, seed: int):
     return AutoModelForCausalLM.from_config(config)
 
 
-def build_tiny(out_dir: str | Path, options: dict, *, overwrite: bool = False) -> Checkpoint:
-    """Write a random tiny model; options: arch (llama|qwen2), seed, layers, hidden, vocab_size."""
+def check_tiny_options(options: dict) -> None:
+    """Raise ConfigError for an option build_tiny does not know or a value of the wrong type."""
     for key, value in options.items():
         if key not in OPTIONS:
             raise ConfigError(f"tiny: unknown option '{key}' (known: {', '.join(OPTIONS)})")
         if not isinstance(value, OPTIONS[key]) or isinstance(value, bool):
-            raise ConfigError(f"tiny: '{key}' must be a {OPTIONS[key].__name__}, got {value!r}")
+            expected = "an integer" if OPTIONS[key] is int else "a string"
+            raise ConfigError(f"tiny: '{key}' must be {expected}, got {value!r}")
     arch = options.get("arch", "llama")
     if arch not in ARCHITECTURES:
         raise ConfigError(f"tiny: arch must be one of {', '.join(ARCHITECTURES)}, got '{arch}'")
+
+
+def build_tiny(out_dir: str | Path, options: dict, *, overwrite: bool = False) -> Checkpoint:
+    """Write a random tiny model; options: arch (llama|qwen2), seed, layers, hidden, vocab_size."""
+    check_tiny_options(options)
+    arch = options.get("arch", "llama")
     layers, hidden = options.get("layers", 4), options.get("hidden", 64)
     tokenizer = tiny_tokenizer(options.get("vocab_size", 512))
     config = tiny_config(arch, len(tokenizer), layers, hidden, bos_token_id=tokenizer.pad_token_id,

@@ -94,8 +94,8 @@ class StepKind:
 
     def validate(self, step, stand_in: str) -> None:
         """The engine's own validation (ranges, choices), with every input replaced by
-        ``stand_in``, an existing directory; raises ConfigError. Runs only for a step with no
-        other problem."""
+        ``stand_in``, an existing directory; raises a WorkbenchError. Runs only for a step
+        with no other problem."""
 
     def published(self, params: dict) -> dict[str, str]:
         """name -> path inside the output, for what this step's output holds (see publishes)."""

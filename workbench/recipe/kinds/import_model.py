@@ -27,6 +27,17 @@ class Import(StepKind):
             problems.add("import needs exactly one source: path (a checkpoint), gguf (a file) or tiny "
                          "(a random model)", step.group)
 
+    def validate(self, step, stand_in: str) -> None:
+        """The tiny model's options and the dtype a GGUF file is dequantized to."""
+        if step.params.get("tiny") is not None:
+            from workbench.recipe.tiny_model import check_tiny_options
+
+            check_tiny_options(step.params["tiny"])
+        if step.params.get("dtype") is not None:
+            from workbench.checkpoint import parse_dtype
+
+            parse_dtype(step.params["dtype"])
+
     def run(self, call: StepCall) -> Path:
         params = call.params
         if params.get("path") is not None:
