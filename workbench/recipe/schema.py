@@ -185,16 +185,12 @@ def _parse_steps(raw_steps: list, defaults: dict, lines: Lines, problems: Proble
         if not isinstance(matrix, dict) or not all(isinstance(v, list) and v for v in matrix.values()):
             problems.add("'matrix' must map parameter names to non-empty lists of values", label, "matrix")
             matrix = {}
-        for key in defaults.get(kind, {}):
-            problems.note_origin(label, _normalize_key(key), lines.of("defaults", kind, key))
-        for key in params:
-            problems.note_origin(label, _normalize_key(key), lines.of("steps", index, kind, key))
-        for key in matrix:
-            problems.note_origin(label, _normalize_key(key), lines.of("steps", index, "matrix", key))
-        launch = {_normalize_key(k): v for k, v in raw.items() if _normalize_key(k) in options}
-        for key in raw:
-            if _normalize_key(key) in options:
-                problems.note_origin(label, _normalize_key(key), lines.of("steps", index, key))
+        launch_keys = [k for k in raw if _normalize_key(k) in options]
+        for where, keys in ((("defaults", kind), defaults.get(kind, {})), (("steps", index, kind), params),
+                            (("steps", index, "matrix"), matrix), (("steps", index), launch_keys)):
+            for key in keys:  # the line each value was written on, for the problems found later
+                problems.note_origin(label, _normalize_key(key), lines.of(*where, key))
+        launch = {_normalize_key(k): raw[k] for k in launch_keys}
         merged = {**copy.deepcopy(_normalize_keys(defaults.get(kind, {}))), **_normalize_keys(params)}
         written.append(_Written(step_id, kind, merged, _normalize_keys(matrix), launch))
     return written
@@ -219,8 +215,8 @@ def _apply_overrides(steps: list[Step], overrides: list[str], problems: Problems
             continue
         for step in steps:
             if matches[0] in (step.id, step.group):
-                problems.note_origin(step.id, keys[0], f"--set '{override}'")
-                problems.note_origin(step.group, keys[0], f"--set '{override}'")
+                for name in {step.id, matches[0]}:  # parameter problems name the written step
+                    problems.note_origin(name, keys[0], f"--set '{override}'")
                 where = step.launch if keys[0] in step.spec.launch_options else step.params
                 _set_nested(where, keys, value, override, step.id, problems)
 
