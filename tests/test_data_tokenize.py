@@ -2,20 +2,23 @@
 
 import pytest
 
+from tests.cli_helpers import REPO_ROOT
 from tests.tiny_models import make_tokenizer
 from workbench.data import IGNORE_INDEX, Conversation, Message, tokenize_conversation
 from workbench.data.tokenize import truncate_example
 from workbench.errors import DataError
 
-SMOLLM = "/work/main/models/smollm2-135m-instruct"
-EOS = {"chatml": "<|im_end|>", "zephyr": "</s>", "smollm": "<|im_end|>"}
+SMOLLM = REPO_ROOT / "models/smollm2-135m-instruct"
+# What each template closes an assistant turn with (for qwen-base, not its EOS `<|endoftext|>`).
+END_OF_TURN = {"chatml": "<|im_end|>", "zephyr": "</s>", "qwen-base": "<|im_end|>", "smollm": "<|im_end|>"}
 
 
-@pytest.fixture(scope="module", params=["chatml", "zephyr", "smollm"])
+@pytest.fixture(scope="module", params=["chatml", "zephyr", "qwen-base", "smollm"])
 def template_tokenizer(request):
     if request.param == "smollm":
         from workbench.modeling import load_tokenizer
 
+        assert SMOLLM.is_dir(), f"{SMOLLM} is absent: run scripts/get-smollm2 (scripts/test does)"
         return request.param, load_tokenizer(SMOLLM)
     return request.param, make_tokenizer(request.param)
 
@@ -46,7 +49,7 @@ def supervised_spans(tokenizer, example):
 def test_mask_covers_each_assistant_turn_and_its_end_of_turn_token(template_tokenizer):
     name, tokenizer = template_tokenizer
     example = tokenize_conversation(tokenizer, conversation())
-    assert supervised_spans(tokenizer, example) == ["four." + EOS[name], "enots" + EOS[name]]
+    assert supervised_spans(tokenizer, example) == ["four." + END_OF_TURN[name], "enots" + END_OF_TURN[name]]
     text = tokenizer.apply_chat_template(conversation().as_dicts(), tokenize=False)
     assert example.input_ids == tokenizer(text, add_special_tokens=False)["input_ids"]
     assert example.source == "data.jsonl:7"
@@ -55,9 +58,24 @@ def test_mask_covers_each_assistant_turn_and_its_end_of_turn_token(template_toke
 def test_weight_zero_turns_stay_out_of_the_loss(template_tokenizer):
     name, tokenizer = template_tokenizer
     example = tokenize_conversation(tokenizer, conversation(first_weight=0))
-    assert supervised_spans(tokenizer, example) == ["enots" + EOS[name]]
+    assert supervised_spans(tokenizer, example) == ["enots" + END_OF_TURN[name]]
     with pytest.raises(DataError, match=r"^data.jsonl:7: no assistant token to learn from"):
         tokenize_conversation(tokenizer, conversation(first_weight=0, second_weight=0))
+
+
+def test_turns_end_at_the_templates_end_of_turn_token_when_eos_differs():
+    """Qwen base checkpoints: EOS `<|endoftext|>`, turns closed by `<|im_end|>\n`. The newline
+    after `<|im_end|>` belongs to no answer and stays out of the loss."""
+    tokenizer = make_tokenizer("qwen-base")
+    assert tokenizer.eos_token == "<|endoftext|>"
+    example = tokenize_conversation(tokenizer, conversation())
+    im_end = tokenizer.convert_tokens_to_ids("<|im_end|>")
+    ends = [i for i, token in enumerate(example.input_ids) if token == im_end]
+    assert len(ends) == 5  # system, user, assistant, user, assistant
+    for i in (ends[2], ends[4]):
+        assert example.labels[i] == im_end
+        assert tokenizer.decode([example.input_ids[i + 1]]) == "\n"
+        assert example.labels[i + 1] == IGNORE_INDEX
 
 
 def test_template_without_special_tokens_or_eos_in_the_turn():

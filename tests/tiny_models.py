@@ -24,12 +24,14 @@ ZEPHYR_TEMPLATE = (
     "{% endfor %}"
     "{% if add_generation_prompt %}{{ '<|assistant|>\\n' }}{% endif %}"
 )
-TEMPLATES = {"chatml": CHATML_TEMPLATE, "zephyr": ZEPHYR_TEMPLATE}
+# "qwen-base" is ChatML with the EOS of Qwen base checkpoints: `<|endoftext|>`, which no turn ends with.
+TEMPLATES = {"chatml": CHATML_TEMPLATE, "zephyr": ZEPHYR_TEMPLATE, "qwen-base": CHATML_TEMPLATE}
 SPECIAL_TOKENS = {
     "chatml": CHATML_SPECIAL_TOKENS,
     "zephyr": ["<|endoftext|>", "</s>", "<|user|>", "<|assistant|>", "<|system|>"],
+    "qwen-base": CHATML_SPECIAL_TOKENS,
 }
-EOS_TOKEN = {"chatml": "<|im_end|>", "zephyr": "</s>"}
+EOS_TOKEN = {"chatml": "<|im_end|>", "zephyr": "</s>", "qwen-base": "<|endoftext|>"}
 
 CORPUS = [
     "the quick brown fox jumps over the lazy dog",

@@ -6,8 +6,15 @@ prefix and the token ids are diffed. For the assistant turn ``i``:
 
 - its span starts where ``messages[:i]`` rendered *with* the generation prompt stops matching
   the full conversation's ids (so the ``<|im_start|>assistant\\n`` header stays a prompt);
-- it ends where ``messages[:i+1]`` stops matching them, cut right after the last end-of-sequence
+- it ends where ``messages[:i+1]`` stops matching them, cut right after the last end-of-turn
   token inside the span (so ``<|im_end|>`` is learned but the newline after it is not).
+
+The end-of-turn token is read from the chat template itself, not taken to be the tokenizer's EOS:
+a one-turn conversation is rendered and the first special token the template writes after the
+assistant's content is it. The two differ in base checkpoints such as Qwen2.5's (EOS
+``<|endoftext|>``, turns closed by ``<|im_end|>``). A template that closes turns with no special
+token (plain text) leaves the span as the diff gives it; one that refuses that conversation
+falls back to the EOS.
 
 Diffing ids with a longest common prefix, rather than assuming each prefix tokenizes to an exact
 prefix of the whole, keeps the mask right when a tokenizer merges characters across a boundary.
@@ -24,6 +31,10 @@ from workbench.data.loading import Conversation
 from workbench.errors import DataError
 
 IGNORE_INDEX = -100
+# The probe conversation that shows what the template writes after an assistant's content.
+_PROBE_ANSWER = "workbench probe answer"
+_PROBE = [{"role": "user", "content": "workbench probe question"},
+          {"role": "assistant", "content": _PROBE_ANSWER}]
 
 
 @dataclass(frozen=True)
@@ -70,13 +81,13 @@ def _render_and_mask(tokenizer, conversation: Conversation) -> TokenizedExample:
     encode = _Encoder(tokenizer, conversation.source)
     input_ids = encode(messages, generation_prompt=False)
     labels = [IGNORE_INDEX] * len(input_ids)
-    eos_id = tokenizer.eos_token_id
+    eot_id = end_of_turn_id(tokenizer)
     for i, message in enumerate(conversation.messages):
         if message.role != "assistant" or message.weight == 0:
             continue
         start = _common_prefix(input_ids, encode(messages[:i], generation_prompt=True))
         end = _common_prefix(input_ids, encode(messages[: i + 1], generation_prompt=False))
-        end = _end_after_eos(input_ids, start, end, eos_id)
+        end = _end_after_token(input_ids, start, end, eot_id)
         labels[start:end] = input_ids[start:end]
     if labels:
         labels[0] = IGNORE_INDEX
@@ -97,14 +108,17 @@ class _Encoder:
         self.tokenizer = tokenizer
         self.source = source
 
-    def __call__(self, messages: list[dict], *, generation_prompt: bool) -> list[int]:
+    def render(self, messages: list[dict], *, generation_prompt: bool) -> str:
         from jinja2 import TemplateError
 
         try:
-            text = self.tokenizer.apply_chat_template(
+            return self.tokenizer.apply_chat_template(
                 messages, tokenize=False, add_generation_prompt=generation_prompt)
         except TemplateError as exc:
             raise DataError(f"{self.source}: the chat template refused this conversation: {exc}") from None
+
+    def __call__(self, messages: list[dict], *, generation_prompt: bool) -> list[int]:
+        text = self.render(messages, generation_prompt=generation_prompt)
         return self.tokenizer(text, add_special_tokens=False)["input_ids"]
 
 
@@ -116,11 +130,30 @@ def _common_prefix(a: list[int], b: list[int]) -> int:
     return i
 
 
-def _end_after_eos(ids: list[int], start: int, end: int, eos_id: int | None) -> int:
-    """Shorten ``[start, end)`` to end just after its last eos token, if it has one."""
-    if eos_id is None:
+def end_of_turn_id(tokenizer) -> int | None:
+    """The special token the chat template closes an assistant turn with, or None when the
+    template writes no special token after the assistant's content.
+
+    A template that refuses the probe conversation (or rewrites its content) says nothing
+    about its turns; the tokenizer's EOS is taken then."""
+    try:
+        text = _Encoder(tokenizer, "chat template").render(_PROBE, generation_prompt=False)
+    except DataError:
+        return tokenizer.eos_token_id
+    cut = text.rfind(_PROBE_ANSWER)
+    if cut < 0:
+        return tokenizer.eos_token_id
+    special = {token_id for token_id, token in tokenizer.added_tokens_decoder.items() if token.special}
+    special.update(tokenizer.all_special_ids)
+    after = tokenizer(text[cut + len(_PROBE_ANSWER):], add_special_tokens=False)["input_ids"]
+    return next((token_id for token_id in after if token_id in special), None)
+
+
+def _end_after_token(ids: list[int], start: int, end: int, token_id: int | None) -> int:
+    """Shorten ``[start, end)`` to end just after its last ``token_id``, if it has one."""
+    if token_id is None:
         return end
     for j in range(end - 1, start - 1, -1):
-        if ids[j] == eos_id:
+        if ids[j] == token_id:
             return j + 1
     return end
