@@ -56,6 +56,8 @@ def test_every_problem_is_reported_at_once_one_line_each(tmp_path):
         chat("q", "a", weight=2),
         {"messages": [{"role": "user", "content": "q", "weight": 0}, {"role": "assistant", "content": "a"}]},
         [1, 2],
+        {**chat("q", "a"), "prompt": "p", "completion": "c"},
+        {**chat("q", "a"), "completion": "c"},
     ])
     with pytest.raises(DataError) as info:
         load_conversations(path)
@@ -72,6 +74,8 @@ def test_every_problem_is_reported_at_once_one_line_each(tmp_path):
         (10, "'weight' must be 0 or 1, got 2"),
         (11, "'weight' is only allowed on assistant messages"),
         (12, "expected a JSON object, got list"),
+        (13, "has both 'messages' and 'prompt' and 'completion'; a line is either a chat or"),
+        (14, "has both 'messages' and 'completion';"),
     ]
     assert len(lines) == len(expected)
     for line, (number, what) in zip(lines, expected):

@@ -58,6 +58,16 @@ def test_bad_data_file_is_refused_before_anything_is_written(capsys, tiny_llama,
     assert "bad.jsonl:13" in line and "not valid JSON" in line and not (tmp_path / "out").exists()
 
 
+def test_line_with_both_messages_and_prompt_completion_is_refused(capsys, tiny_llama, data_file, tmp_path):
+    both = tmp_path / "both.jsonl"
+    chat = {"messages": [{"role": "user", "content": "q"}, {"role": "assistant", "content": "a"}]}
+    both.write_text(data_file.read_text() + json.dumps({**chat, "prompt": "p", "completion": "c"}) + "\n")
+    line = cli_error(capsys, "--model", tiny_llama, "--data", both, "--out", tmp_path / "out")
+    assert line == (f"error: {both}:13: has both 'messages' and 'prompt' and 'completion'; a line is either "
+                    "a chat or a prompt/completion pair, not both")
+    assert not (tmp_path / "out").exists()
+
+
 def test_output_directory_holding_something_else_is_refused(capsys, tiny_llama, data_file, tmp_path):
     other = tmp_path / "other"
     other.mkdir()

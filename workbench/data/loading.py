@@ -8,6 +8,8 @@ Two line formats are accepted:
 - prompt/completion: ``{"prompt": "...", "completion": "..."}``, read as one user turn and one
   assistant turn (each side may also be a list of messages, as in TRL's conversational form).
 
+A line with both ``messages`` and ``prompt``/``completion`` is an error: one of them would be ignored.
+
 A file with any problem raises one ``DataError`` whose message has one line per problem,
 ``file:line: what is wrong``, so a user fixes them all in one pass.
 """
@@ -109,6 +111,10 @@ def _parse_line(line: str) -> tuple[Message, ...]:
         raise _LineProblem(f"not valid JSON ({exc.msg} at column {exc.colno})") from None
     if not isinstance(record, dict):
         raise _LineProblem(f"expected a JSON object, got {type(record).__name__}")
+    pair = [key for key in ("prompt", "completion") if key in record]
+    if "messages" in record and pair:
+        raise _LineProblem(f"has both 'messages' and {' and '.join(repr(k) for k in pair)}; "
+                           "a line is either a chat or a prompt/completion pair, not both")
     if "messages" in record:
         messages = _parse_messages(record["messages"], "messages")
     elif "prompt" in record or "completion" in record:
