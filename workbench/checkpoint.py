@@ -75,6 +75,13 @@ def read_json(path: Path) -> dict:
         raise CheckpointError(f"{path}: cannot read ({exc.strerror})") from exc
 
 
+def json_type_name(value) -> str:
+    """What a parsed JSON value is, in JSON's words."""
+    names = {dict: "an object", list: "an array", str: "a string", bool: "a boolean", int: "a number",
+             float: "a number", type(None): "null"}
+    return names.get(type(value), type(value).__name__)
+
+
 class Checkpoint:
     """A validated, lazily read checkpoint directory."""
 
@@ -90,6 +97,9 @@ class Checkpoint:
                 f"{self.path}: no config.json, so this is not a Hugging Face checkpoint directory"
             )
         self.config: dict = read_json(config_path)
+        if not isinstance(self.config, dict):
+            raise CheckpointError(f"{config_path}: expected a JSON object of model settings, "
+                                  f"got {json_type_name(self.config)}")
         self.shard_files = self._find_weight_files()
         self.tensors: dict[str, TensorInfo] = {}
         for shard in self.shard_files:
