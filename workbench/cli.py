@@ -2,6 +2,9 @@
 
 Commands stay thin: parse options, call one engine function, print, return. A
 ``WorkbenchError`` becomes one line on stderr and exit code 2; ``--debug`` shows the traceback.
+click's own errors (a missing option, a bad choice, an unknown command) are said the same way,
+one ``error:`` line naming the option, rather than click's usage block; a group called with no
+command still prints its help.
 Heavy libraries (torch, transformers) are imported inside commands so `--help` is instant.
 """
 
@@ -46,11 +49,21 @@ def main(argv: list[str] | None = None) -> None:
     except click.exceptions.Abort:
         click.echo("aborted", err=True)
         sys.exit(130)
-    except click.ClickException as exc:
+    except click.exceptions.NoArgsIsHelpError as exc:
         exc.show()
         sys.exit(exc.exit_code)
+    except click.ClickException as exc:
+        click.echo(f"error: {click_error_line(exc)}", err=True)
+        sys.exit(2)
     except click.exceptions.Exit as exc:
         sys.exit(exc.exit_code)
     except KeyboardInterrupt:
         click.echo("interrupted", err=True)
         sys.exit(130)
+
+
+def click_error_line(exc: click.ClickException) -> str:
+    """click's message on one line, with the command whose --help lists the options."""
+    message = " ".join(exc.format_message().split()).removesuffix(".")
+    ctx = getattr(exc, "ctx", None)
+    return f"{message} (see '{ctx.command_path} --help')" if ctx is not None else message
