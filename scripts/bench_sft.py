@@ -31,7 +31,7 @@ import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
-DEFAULT_SMOLLM = "/work/main/models/smollm2-135m-instruct"
+DEFAULT_SMOLLM = str(REPO / "models" / "smollm2-135m-instruct")  # scripts/get-smollm2 puts it there
 WORDS = ("the quick brown fox jumps over the lazy dog what is two plus four capital of france is paris "
          "translate hello to french bonjour reverse the word stone enots").split()
 
