@@ -11,15 +11,20 @@ from workbench.safetensors_io import PlannedTensor
 
 
 def perturbed_copy(base_dir: Path, out_dir: Path, seed: int, scale: float, dtype: torch.dtype | None = None,
-                   transform=None) -> Path:
+                   transform=None, zero_fraction: float = 0.0) -> Path:
     """base + scale * N(0, 1) noise on every tensor (seeded), written as a checkpoint;
-    ``transform(name, tensor)`` may replace a tensor (e.g. to change a shape)."""
+    ``zero_fraction`` of the elements (seeded) get no noise, as in fine-tunes whose task
+    vectors are mostly exact zeros; ``transform(name, tensor)`` may replace a tensor (e.g.
+    to change a shape)."""
     base = Checkpoint(base_dir)
     generator = torch.Generator().manual_seed(seed)
     tensors = {}
     for name in base.names():
         tensor = base.read(name)
-        noisy = tensor.float() + scale * torch.randn(tensor.shape, generator=generator)
+        noise = scale * torch.randn(tensor.shape, generator=generator)
+        if zero_fraction:
+            noise *= torch.rand(tensor.shape, generator=generator) >= zero_fraction
+        noisy = tensor.float() + noise
         tensors[name] = noisy.to(dtype or tensor.dtype)
         if transform is not None:
             tensors[name] = transform(name, tensors[name])

@@ -13,14 +13,20 @@ Inputs are 1-D (flattened) tensors in their stored dtype; ``dtype`` is the worki
 (mergekit's ``dtype:``, else the inputs' promoted dtype): inputs are rounded to it first,
 as mergekit does when it loads them. The result is 1-D in the working dtype.
 
-One deliberate difference: TIES' magnitude trim keeps every element whose magnitude is at
-least the k-th largest (found by an in-place O(n) selection), where mergekit keeps exactly
-k elements chosen by an unstable argsort. They differ only where several magnitudes tie at
-the cut-off value, where mergekit's choice is arbitrary anyway.
+Coefficients (linear weights, slerp's t) are float64 for float64 merges, float32 otherwise,
+as mergekit's batched parameters are.
+
+TIES' magnitude trim keeps exactly k = max(1, int(density * numel)) elements per tensor,
+as mergekit does, found by an in-place O(n) selection instead of a full argsort. Where
+several magnitudes tie at the cut-off value (common in bfloat16 and float16, whose task
+vectors take few distinct values), mergekit keeps an arbitrary subset (unstable argsort);
+here the first tied elements in flat index order are kept, so the result is deterministic
+and differs from mergekit's only in which of the tied elements survive.
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Callable, Sequence
 
 import torch
@@ -44,12 +50,13 @@ def _accumulator_dtype(dtype: torch.dtype) -> torch.dtype:
 
 def linear(tensors: Sequence[torch.Tensor], weights: Sequence[float], normalize: bool,
            dtype: torch.dtype, release: Release = _keep) -> torch.Tensor:
-    """Weighted sum in float32, divided by the weight sum when ``normalize``.
+    """Weighted sum in float32 (float64 for float64 merges), divided by the weight sum when
+    ``normalize``.
 
     mergekit accumulates into zeros with addcmul; starting from the first product instead
     gives the same values and saves a pass."""
     acc = _accumulator_dtype(dtype)
-    coefficients = torch.tensor(list(weights), dtype=torch.float32).to(acc)
+    coefficients = torch.tensor(list(weights), dtype=acc)
     denominator = coefficients.sum()
     numel = tensors[0].numel()
     out = torch.empty(numel, dtype=dtype)
@@ -76,7 +83,7 @@ def slerp(t: float, v0: torch.Tensor, v1: torch.Tensor, dtype: torch.dtype,
     near-zero outputs (where the two products cancel) by many bfloat16 steps."""
     acc = _accumulator_dtype(dtype)
     numel = v0.numel()
-    t_ = torch.tensor([t], dtype=torch.float32).reshape(-1, 1).to(acc)
+    t_ = torch.tensor([t], dtype=acc).reshape(-1, 1)
 
     def rows(start: int, stop: int) -> tuple[torch.Tensor, torch.Tensor]:
         return (v0[start:stop].to(dtype).to(acc).reshape(1, -1),
@@ -114,33 +121,105 @@ def slerp(t: float, v0: torch.Tensor, v1: torch.Tensor, dtype: torch.dtype,
     return out
 
 
-def magnitude_threshold(base: torch.Tensor, other: torch.Tensor, density: float, dtype: torch.dtype,
-                        rescale: bool = False, release: Release = _keep) -> tuple[float, torch.Tensor | None]:
-    """The smallest |other - base| that TIES' magnitude trim keeps at ``density``, and with
-    ``rescale`` the factor L1(task vector) / L1(trimmed task vector) (None when either is
-    below mergekit's 1e-7).
+@dataclass
+class MagnitudeTrim:
+    """TIES' magnitude trim of one task vector: exactly ``keep`` elements survive.
 
-    Selection runs in place (numpy's introselect, O(n)) on a float32 buffer of magnitudes:
-    one tensor of scratch instead of mergekit's full argsort and its index arrays.
+    ``threshold`` is the keep-th largest magnitude (as float32, the precision mergekit sorts
+    in); every element above it survives, and of the ``ties`` elements equal to it the first
+    ``ties_kept`` in flat index order. ``scale`` is the ``rescale`` factor
+    L1(task vector) / L1(kept elements), or None."""
+
+    threshold: float
+    ties: int
+    ties_kept: int
+    scale: torch.Tensor | None
+
+    def pass_(self) -> "_TrimPass":
+        """A trimmer for one walk over the tensor, chunk after chunk in ascending order."""
+        return _TrimPass(self)
+
+
+class _TrimPass:
+    """Zeroes, chunk by chunk, what the trim drops; counts the ties kept so far."""
+
+    def __init__(self, trim: MagnitudeTrim):
+        self.trim = trim
+        self.ties_left = trim.ties_kept
+
+    def __call__(self, delta: torch.Tensor) -> None:
+        threshold = self.trim.threshold
+        if threshold <= 0:  # the cut-off is zero: whichever zeros are "kept", they stay zero
+            return
+        if self.ties_left == 0:
+            _zero_at_most(delta, threshold)
+            return
+        _zero_below(delta, threshold)
+        if self.trim.ties_kept == self.trim.ties:
+            return
+        tied = _magnitudes_equal(delta, threshold)
+        count = int(tied.sum())
+        if count <= self.ties_left:
+            self.ties_left -= count
+            return
+        delta[tied.nonzero().reshape(-1)[self.ties_left:]] = 0
+        self.ties_left = 0
+
+
+def magnitude_trim(base: torch.Tensor, other: torch.Tensor, density: float, dtype: torch.dtype,
+                   rescale: bool = False, release: Release = _keep) -> MagnitudeTrim:
+    """TIES' trim of the task vector other - base to k = max(1, int(density * numel))
+    elements, as mergekit's sparsify.magnitude (the k largest magnitudes, compared in float32).
+
+    mergekit breaks ties at the cut-off by an unstable argsort; here the first ones by flat
+    index are kept, so the kept count is exactly k and the result deterministic. Selection
+    runs in place (numpy's introselect, O(n)) on a float32 buffer of magnitudes: one tensor
+    of scratch instead of mergekit's full argsort and its index arrays.
     """
     numel = base.numel()
     keep = max(1, int(density * numel))
+    acc = _accumulator_dtype(dtype)
     magnitudes = torch.empty(numel, dtype=torch.float32)
+    wide_sum = torch.zeros((), dtype=torch.float64)  # float64 inputs: L1 summed in float64
     for start, stop in _chunks(numel):
         segment = magnitudes[start:stop]
         if dtype == torch.float32:
             torch.sub(other[start:stop].float(), base[start:stop].float(), out=segment).abs_()
         else:
-            segment.copy_((other[start:stop].to(dtype) - base[start:stop].to(dtype)).abs())
+            delta = (other[start:stop].to(dtype) - base[start:stop].to(dtype)).abs_()
+            segment.copy_(delta)
+            if rescale and dtype == torch.float64:
+                wide_sum += delta.sum()
         release(start, stop)
-    before = magnitudes.sum().to(dtype) if rescale else None
     values = magnitudes.numpy()
     values.partition(numel - keep)
     threshold = float(values[numel - keep])
-    if before is None:
-        return threshold, None
-    after = magnitudes[magnitudes >= threshold].sum().to(dtype)
-    return threshold, None if before < 1e-7 or after < 1e-7 else before / after
+    top = magnitudes[numel - keep:]
+    ties_kept = keep - int((top > threshold).sum())
+    ties = ties_kept + int((magnitudes[:numel - keep] == threshold).sum())
+    trim = MagnitudeTrim(threshold, ties, ties_kept, None)
+    if not rescale:
+        return trim
+    if dtype == torch.float64:
+        before, after = wide_sum, _kept_l1(base, other, trim, release)
+    else:
+        before, after = magnitudes.sum().to(dtype), top.sum().to(dtype)
+    if before >= 1e-7 and after >= 1e-7:
+        trim.scale = before / after
+    return trim
+
+
+def _kept_l1(base: torch.Tensor, other: torch.Tensor, trim: MagnitudeTrim, release: Release) -> torch.Tensor:
+    """L1 of the trimmed float64 task vector (one more pass: the float32 buffer that the
+    selection ran on has lost the float64 values)."""
+    total = torch.zeros((), dtype=torch.float64)
+    walk = trim.pass_()
+    for start, stop in _chunks(base.numel()):
+        delta = other[start:stop].double() - base[start:stop].double()
+        walk(delta)
+        total += delta.abs().sum()
+        release(start, stop)
+    return total
 
 
 _SAME_WIDTH_INT = {torch.float32: torch.int32, torch.bfloat16: torch.int16, torch.float16: torch.int16}
@@ -155,11 +234,23 @@ def _zero_below(delta: torch.Tensor, threshold: float) -> None:
     if delta.dtype not in _SAME_WIDTH_INT:
         delta.mul_(delta.abs().float() >= threshold)
         return
-    if threshold <= 0:
-        return
     bits = torch.tensor([threshold], dtype=delta.dtype).view(_SAME_WIDTH_INT[delta.dtype])
     below = float((bits - 1).view(delta.dtype))
     torch.hardshrink(delta, below, out=delta)
+
+
+def _zero_at_most(delta: torch.Tensor, threshold: float) -> None:
+    """Zero, in place, every element with |x| <= threshold."""
+    if delta.dtype not in _SAME_WIDTH_INT:
+        delta.mul_(delta.abs().float() > threshold)
+        return
+    torch.hardshrink(delta, threshold, out=delta)
+
+
+def _magnitudes_equal(delta: torch.Tensor, threshold: float) -> torch.Tensor:
+    if delta.dtype not in _SAME_WIDTH_INT:
+        return delta.abs().float() == threshold
+    return delta.abs() == threshold
 
 
 def task_arithmetic(base: torch.Tensor, others: Sequence[torch.Tensor], weights: Sequence[float],
@@ -171,20 +262,20 @@ def task_arithmetic(base: torch.Tensor, others: Sequence[torch.Tensor], weights:
     mean when ``sign_consensus``, divided by the summed weights when ``normalize``, scaled
     by ``lambda_`` and added back to the base. ties = sparsify + sign_consensus."""
     numel = base.numel()
-    trims = [magnitude_threshold(base, other, density, dtype, rescale, release)
+    trims = [magnitude_trim(base, other, density, dtype, rescale, release)
              if sparsify and density < 1 else None for other, density in zip(others, densities)]
+    walks = [trim.pass_() if trim is not None else None for trim in trims]
     weight_column = torch.tensor(list(weights), dtype=dtype).reshape(-1, 1)
     out = torch.empty(numel, dtype=dtype)
     for start, stop in _chunks(numel):
         b = base[start:stop].to(dtype)
         deltas = torch.empty((len(others), stop - start), dtype=dtype)
-        for delta, other, trim in zip(deltas, others, trims):
+        for delta, other, trim, walk in zip(deltas, others, trims, walks):
             torch.sub(other[start:stop].to(dtype), b, out=delta)
             if trim is not None:
-                threshold, scale = trim
-                _zero_below(delta, threshold)
-                if scale is not None:
-                    delta.mul_(scale)
+                walk(delta)
+                if trim.scale is not None:
+                    delta.mul_(trim.scale)
         deltas.mul_(weight_column)
         if sign_consensus:
             majority = (deltas.sum(dim=0) >= 0).to(dtype) * 2 - 1

@@ -1,0 +1,131 @@
+"""TIES' magnitude trim on realistic task vectors: base weights ~N(0, 0.02) and fine-tune
+deltas ~1e-4, stored in bfloat16 / float16 (where deltas take few distinct values, so many
+magnitudes tie at the cut-off) and float32, dense or 70% exact zeros. The native trim keeps
+exactly k = int(density * numel) elements, like mergekit, choosing among ties by index."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from tests.merge_fixtures import perturbed_copy
+from tests.test_merge_equality import assert_same_tensors, magnitude_cutoff_ties, run_mergekit
+from tests.tiny_models import make_checkpoint
+from workbench import merge
+from workbench.checkpoint import Checkpoint
+from workbench.merge import methods
+
+DTYPES = {"bfloat16": torch.bfloat16, "float16": torch.float16, "float32": torch.float32}
+
+
+def realistic_pair(dtype: torch.dtype, zero_fraction: float, numel: int = 200_000, seed: int = 0):
+    generator = torch.Generator().manual_seed(seed)
+    base = (0.02 * torch.randn(numel, generator=generator)).to(dtype)
+    delta = 1e-4 * torch.randn(numel, generator=generator)
+    delta *= torch.rand(numel, generator=generator) >= zero_fraction
+    return base, (base.float() + delta).to(dtype)
+
+
+def trimmed(base, other, density, dtype):
+    trim = methods.magnitude_trim(base, other, density, dtype)
+    delta = other.to(dtype) - base.to(dtype)
+    walk = trim.pass_()
+    for start, stop in methods._chunks(delta.numel()):
+        walk(delta[start:stop])
+    return trim, delta
+
+
+@pytest.mark.parametrize("chunk", [methods.CHUNK, 7_000])
+@pytest.mark.parametrize("zero_fraction,density", [(0.0, 0.2), (0.0, 0.5), (0.7, 0.1), (0.7, 0.2)])
+@pytest.mark.parametrize("dtype_name", list(DTYPES))
+def test_trim_keeps_exactly_k_like_mergekit(monkeypatch, dtype_name, zero_fraction, density, chunk):
+    from mergekit.sparsify import magnitude
+
+    monkeypatch.setattr(methods, "CHUNK", chunk)
+    dtype = DTYPES[dtype_name]
+    base, other = realistic_pair(dtype, zero_fraction)
+    trim, kept = trimmed(base, other, density, dtype)
+    k = int(density * base.numel())
+    assert trim.threshold > 0  # so every kept element is nonzero and counting nonzeros counts them
+    if dtype != torch.float32:
+        assert trim.ties > trim.ties_kept > 0  # the case that matters: ties cut at the threshold
+    reference = magnitude(other - base, density)
+    assert int(kept.count_nonzero()) == int(reference.count_nonzero()) == k
+    # Kept values are the task vector's own, and agree with mergekit off the cut-off value.
+    delta = other - base
+    survivors = kept != 0
+    assert torch.equal(kept[survivors], delta[survivors])
+    off_cutoff = delta.abs().float() != trim.threshold
+    assert torch.equal(kept[off_cutoff], reference[off_cutoff])
+    # Among the ties, the first ones by flat index survive.
+    tied = (delta.abs().float() == trim.threshold).nonzero().reshape(-1)
+    assert survivors[tied[:trim.ties_kept]].all() and not survivors[tied[trim.ties_kept:]].any()
+
+
+@pytest.mark.parametrize("dtype_name", ["bfloat16", "float16"])
+def test_trim_with_rescale_uses_the_kept_set(dtype_name):
+    """rescale's factor is L1(task vector) / L1(exactly the k kept elements)."""
+    dtype = DTYPES[dtype_name]
+    base, other = realistic_pair(dtype, 0.0)
+    trim = methods.magnitude_trim(base, other, 0.2, dtype, rescale=True)
+    _, kept = trimmed(base, other, 0.2, dtype)
+    delta = other - base
+    expected = delta.abs().float().sum().to(dtype) / kept.abs().float().sum().to(dtype)
+    assert trim.scale == expected
+
+
+@pytest.fixture(scope="module")
+def realistic_models(tmp_path_factory):
+    """A bf16 base and bf16 fine-tunes of it: one dense, one with 70% exact-zero deltas."""
+    root = tmp_path_factory.mktemp("ties-realistic")
+    base = make_checkpoint(root / "base", arch="llama", layers=2, hidden=64, seed=11, dtype=torch.bfloat16)
+    return {
+        "base": str(base),
+        "dense": str(perturbed_copy(base, root / "dense", seed=1, scale=1e-4)),
+        "sparse": str(perturbed_copy(base, root / "sparse", seed=2, scale=1e-4, zero_fraction=0.7)),
+    }
+
+
+@pytest.mark.parametrize("dtype", ["bfloat16", "float16"])
+@pytest.mark.parametrize("expert", ["dense", "sparse"])
+def test_single_expert_changes_as_many_elements_as_mergekit(realistic_models, tmp_path, expert, dtype):
+    """One expert, weight 1: the merge is base + trimmed task vector, so the elements that
+    differ from the base are the kept ones; their count per tensor equals mergekit's."""
+    m = realistic_models
+    config = {"merge_method": "ties", "base_model": m["base"], "dtype": dtype,
+              "models": [{"model": m[expert], "parameters": {"weight": 1.0, "density": 0.2}}]}
+    reference = run_mergekit(config, tmp_path / "mergekit")
+    native = merge.run(config, tmp_path / "native", backend="native")
+    base = Checkpoint(m["base"])
+    ties_somewhere = False
+    for name in base.names():
+        b = base.read(name).to(getattr(torch, dtype))
+        expected, actual = reference.read(name), native.read(name)
+        assert int((actual != b).sum()) == int((expected != b).sum()), name
+        delta = Checkpoint(m[expert]).read(name).to(b.dtype) - b
+        k = max(1, int(0.2 * b.numel()))
+        cutoff = delta.abs().float().reshape(-1).topk(k).values.min()
+        ties_somewhere |= cutoff > 0 and int((delta.abs().float() == cutoff).sum()) > k - int(
+            (delta.abs().float() > cutoff).sum())
+        if cutoff > 0:
+            assert int((actual != b).sum()) == k, name
+    assert ties_somewhere
+
+
+@pytest.mark.parametrize("dtype", ["bfloat16", "float16"])
+@pytest.mark.parametrize("rescale", [False, True])
+def test_realistic_ties_equals_mergekit_off_the_cutoff(realistic_models, tmp_path, dtype, rescale):
+    m = realistic_models
+    config = {"merge_method": "ties", "base_model": m["base"], "dtype": dtype,
+              "parameters": {"rescale": rescale, "lambda": 1.0},
+              "models": [{"model": m["dense"], "parameters": {"weight": 0.7, "density": 0.2}},
+                         {"model": m["sparse"], "parameters": {"weight": 0.5, "density": 0.1}}]}
+    reference = run_mergekit(config, tmp_path / "mergekit")
+    native = merge.run(config, tmp_path / "native", backend="native")
+    if dtype == "bfloat16":
+        assert_same_tensors(reference, native, magnitude_cutoff_ties(config, dtype))
+    else:
+        ignore = magnitude_cutoff_ties(config, dtype)
+        for name in reference.names():
+            keep = ignore(name)
+            assert torch.equal(reference.read(name)[keep], native.read(name)[keep]), name
