@@ -125,3 +125,28 @@ def test_parameter_resolution_matches_mergekit(setting):
         for t in (0.0, 1 / 3, 0.5, 0.8, 1.0):
             expected = mergekit_evaluate(name, as_mergekit(setting), t, validate=float)
             assert evaluate_setting(setting, name, t) == expected, (name, t)
+
+
+def test_passthrough_slices_config_end_to_end(tmp_path):
+    """A slices-only config (no 'models'): mergekit stacks the layers asked for; the result
+    is committed with the tokenizer of the first slice's first source, as mergekit does.
+    (llama: mergekit 0.1.5 cannot stack configs with a per-layer layer_types list, qwen2's.)"""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    root = tmp_path / "inputs"
+    base = make_checkpoint(root / "base", arch="llama", template="zephyr", layers=2, seed=5)
+    models = {"a": str(perturbed_copy(base, root / "a", seed=1, scale=0.02)),
+              "b": str(perturbed_copy(base, root / "b", seed=2, scale=0.02))}
+    config = {"merge_method": "passthrough", "dtype": "float32",
+              "slices": [{"sources": [{"model": models["a"], "layer_range": [0, 2]}]},
+                         {"sources": [{"model": models["b"], "layer_range": [1, 2]}]}]}
+    out = merge.run(config, tmp_path / "stacked")
+    model = AutoModelForCausalLM.from_pretrained(out.path)
+    assert model.config.num_hidden_layers == 3
+    name = "self_attn.q_proj.weight"
+    a, b = Checkpoint(models["a"]), Checkpoint(models["b"])
+    assert torch.equal(out.read(f"model.layers.1.{name}"), a.read(f"model.layers.1.{name}"))
+    assert torch.equal(out.read(f"model.layers.2.{name}"), b.read(f"model.layers.1.{name}"))
+    assert AutoTokenizer.from_pretrained(out.path).chat_template == a.chat_template
+    assert set(out.lineage["inputs"]) == {"slices[0].sources[0]", "slices[1].sources[0]"}
+    assert f"come from `{models['a']}`" in (out.path / "README.md").read_text()

@@ -148,6 +148,9 @@ class MergeConfig:
     tokenizer_source: str | ModelRef | None
     raw: dict
     source: str = "config"
+    # Models named only inside mergekit's 'slices' / 'modules' (passthrough and friends),
+    # by where they appear, e.g. 'slices[0].sources[1]'.
+    slice_sources: list[tuple[str, ModelRef]] = field(default_factory=list)
 
     @property
     def spec(self) -> MethodSpec | None:
@@ -159,6 +162,17 @@ class MergeConfig:
         if self.base_model is not None and all(e.ref != self.base_model for e in entries):
             entries.append(ModelEntry(self.base_model))
         return entries
+
+    def referenced(self) -> list[tuple[str, ModelRef]]:
+        """Every checkpoint the config names, by its role: models, base, slice sources,
+        tokenizer source (a ref may appear under several roles)."""
+        refs = [(f"models[{i}]", e.ref) for i, e in enumerate(self.models)]
+        if self.base_model is not None:
+            refs.append(("base_model", self.base_model))
+        refs.extend(self.slice_sources)
+        if isinstance(self.tokenizer_source, ModelRef):
+            refs.append(("tokenizer_source", self.tokenizer_source))
+        return refs
 
     def native_blockers(self) -> list[str]:
         """Why this config needs the mergekit backend (empty when the native engine can run it)."""
@@ -222,11 +236,39 @@ def validate_config(raw: dict, source: str) -> MergeConfig:
     if tokenizer_source == "base" and base is None:
         raise ConfigError(f"{source}: tokenizer_source 'base' needs a base_model")
     config = MergeConfig(method, models, base, _mapping(raw.get("parameters"), f"{source}: parameters"),
-                         raw.get("dtype"), raw.get("out_dtype"), tokenizer_source, raw, source)
+                         raw.get("dtype"), raw.get("out_dtype"), tokenizer_source, raw, source,
+                         _slice_sources(raw, source))
     if config.spec is not None and models:
         _validate_native(config)
     _check_paths_exist(config)
     return config
+
+
+def _slice_sources(raw: dict, source: str) -> list[tuple[str, ModelRef]]:
+    """The models that mergekit's 'slices' (and the 'slices'/'models' of 'modules') name, in
+    the order written. Only the model paths are read here; mergekit validates the rest."""
+    found = []
+
+    def from_slices(slices: Any, where: str) -> None:
+        for i, piece in enumerate(slices if isinstance(slices, list) else []):
+            sources = piece.get("sources") if isinstance(piece, dict) else None
+            for j, item in enumerate(sources if isinstance(sources, list) else []):
+                if isinstance(item, dict) and "model" in item:
+                    label = f"{where}[{i}].sources[{j}]"
+                    found.append((label, ModelRef.parse(item["model"], f"{source}: {label}.model")))
+
+    from_slices(raw.get("slices"), "slices")
+    modules = raw.get("modules")
+    for name, module in (modules.items() if isinstance(modules, dict) else []):
+        if not isinstance(module, dict):
+            continue
+        from_slices(module.get("slices"), f"modules.{name}.slices")
+        models = module.get("models")
+        for i, item in enumerate(models if isinstance(models, list) else []):
+            if isinstance(item, dict) and "model" in item:
+                label = f"modules.{name}.models[{i}]"
+                found.append((label, ModelRef.parse(item["model"], f"{source}: {label}.model")))
+    return found
 
 
 def _mapping(value: Any, where: str) -> dict:
@@ -318,10 +360,7 @@ def resolve_parameter(param: ParameterSpec, scopes: list[dict], tensor_name: str
 
 
 def _check_paths_exist(config: MergeConfig) -> None:
-    refs = [e.ref for e in config.models] + ([config.base_model] if config.base_model else [])
-    if isinstance(config.tokenizer_source, ModelRef):
-        refs.append(config.tokenizer_source)
-    for ref in refs:
+    for _, ref in config.referenced():
         if not ref.path.is_dir():
             raise ConfigError(f"{config.source}: model path '{ref.path}' does not exist"
                               if not ref.path.exists() else

@@ -13,14 +13,15 @@ from workbench.merge.config import MergeConfig, ModelRef
 
 
 def tokenizer_dir(config: MergeConfig) -> Path:
-    """The tokenizer source: 'base', a model path, or (unset) the base model or first model,
-    as mergekit's copy_tokenizer does."""
+    """The tokenizer source: 'base', a model path, or (unset) the base model, else the first
+    model, else the first slice's first source model (a slices-only passthrough config), as
+    mergekit's copy_tokenizer does."""
     source = config.tokenizer_source
     if isinstance(source, ModelRef):
         return source.path
     if config.base_model is not None:
         return config.base_model.path
-    return config.models[0].ref.path
+    return config.referenced()[0][1].path
 
 
 def finish_checkpoint(writer: CheckpointWriter, config: MergeConfig, *, backend: str,
