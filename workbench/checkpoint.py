@@ -82,6 +82,21 @@ def json_type_name(value) -> str:
     return names.get(type(value), type(value).__name__)
 
 
+def pickle_files(directory: Path) -> list[str]:
+    """The names of the pickle weight files (``PICKLE_PATTERNS``) in a directory, sorted."""
+    return sorted(p.name for pattern in PICKLE_PATTERNS for p in directory.glob(pattern))
+
+
+def pickle_refusal(directory: Path, pickles: list[str], convert: str) -> CheckpointError:
+    """The error for a directory whose only weights are pickles; ``convert`` is the call
+    that rewrites them as safetensors."""
+    return CheckpointError(
+        f"{directory}: holds only pickle weights ({', '.join(pickles)}); the workbench reads "
+        "safetensors only because unpickling can run arbitrary code. Convert once, from a "
+        f"source you trust: {convert}"
+    )
+
+
 class Checkpoint:
     """A validated, lazily read checkpoint directory."""
 
@@ -128,13 +143,10 @@ class Checkpoint:
         single = self.path / SINGLE_FILE
         if single.exists():
             return [single]
-        pickles = sorted(p.name for pattern in PICKLE_PATTERNS for p in self.path.glob(pattern))
+        pickles = pickle_files(self.path)
         if pickles:
-            raise CheckpointError(
-                f"{self.path}: holds only pickle weights ({', '.join(pickles)}); the workbench reads "
-                "safetensors only because unpickling can run arbitrary code. Convert once, from a "
-                "source you trust: AutoModelForCausalLM.from_pretrained(DIR).save_pretrained(DIR)"
-            )
+            raise pickle_refusal(self.path, pickles,
+                                 "AutoModelForCausalLM.from_pretrained(DIR).save_pretrained(DIR)")
         raise CheckpointError(f"{self.path}: no model.safetensors or {INDEX_FILE}")
 
     # --- reading -------------------------------------------------------------------------

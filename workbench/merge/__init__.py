@@ -13,12 +13,13 @@ import os
 import tempfile
 from pathlib import Path
 
-from workbench.checkpoint import Checkpoint
+from workbench.checkpoint import Checkpoint, pickle_files, pickle_refusal
 from workbench.errors import CheckpointError, ConfigError
 from workbench.merge.config import (TOKENIZER_SOURCE_WORDS, TOP_LEVEL_KEYS, MergeConfig, ModelEntry, load_config,
                                     validate_config)
 
 BACKENDS = ("auto", "native", "mergekit")
+ADAPTER_WEIGHTS = "adapter_model.safetensors"
 
 
 def run(config: dict | str | os.PathLike, out_dir: str | os.PathLike, *, backend: str = "auto",
@@ -32,6 +33,7 @@ def run(config: dict | str | os.PathLike, out_dir: str | os.PathLike, *, backend
     if backend not in BACKENDS:
         raise ConfigError(f"unknown backend '{backend}' (expected one of {', '.join(BACKENDS)})")
     merge_config = load_config(config)
+    refuse_pickle_inputs(merge_config)
     out_dir = Path(out_dir)
     if out_dir.exists() and not overwrite:
         raise CheckpointError(f"{out_dir}: already exists (pass --overwrite to replace it)")
@@ -79,6 +81,21 @@ def _run_native(config: MergeConfig, out_dir: Path, *, overwrite: bool, progress
         return run_native(plan, out_dir, overwrite=overwrite, progress=progress, lineage_inputs=lineage_inputs)
 
 
+def refuse_pickle_inputs(config: MergeConfig) -> None:
+    """Every checkpoint and LoRA adapter the config names holds safetensors weights; checked
+    before any library (mergekit, peft) could unpickle one. A checkpoint directory is read
+    as ``Checkpoint`` does (safetensors first, pickle-only refused); an adapter likewise:
+    peft would fall back to adapter_model.bin."""
+    for _, ref in config.referenced():
+        Checkpoint(ref.path)
+        if ref.lora is not None and not (ref.lora / ADAPTER_WEIGHTS).is_file():
+            pickles = pickle_files(ref.lora)
+            if pickles:
+                raise pickle_refusal(ref.lora, pickles,
+                                     "PeftModel.from_pretrained(BASE_MODEL, DIR).save_pretrained(DIR)")
+            raise CheckpointError(f"{ref.lora}: LoRA adapter without {ADAPTER_WEIGHTS}")
+
+
 def _vocab_sizes_differ(config: MergeConfig) -> bool:
     sizes = {Checkpoint(e.ref.path).vocab_size for e in config.inputs()}
     return len(sizes) > 1
@@ -87,16 +104,15 @@ def _vocab_sizes_differ(config: MergeConfig) -> bool:
 def _lineage_inputs(config: MergeConfig) -> dict:
     """Each input checkpoint (and LoRA adapter) by its role in the config."""
     inputs = {}
-    for i, entry in enumerate(config.models):
-        inputs[f"models[{i}]"] = Checkpoint(entry.ref.path)
-        if entry.ref.lora is not None:
-            inputs[f"models[{i}].lora"] = _adapter_file(entry.ref.lora)
-    if config.base_model is not None:
-        inputs["base_model"] = Checkpoint(config.base_model.path)
+    for role, ref in config.referenced():
+        if role == "tokenizer_source":
+            continue
+        inputs[role] = Checkpoint(ref.path)
+        if ref.lora is not None:
+            inputs[f"{role}.lora"] = _adapter_file(ref.lora)
     return inputs
 
 
 def _adapter_file(lora_dir: Path) -> Path:
-    weights = lora_dir / "adapter_model.safetensors"
-    return weights if weights.exists() else lora_dir / "adapter_config.json"
+    return lora_dir / ADAPTER_WEIGHTS
 
