@@ -129,3 +129,18 @@ def test_realistic_ties_equals_mergekit_off_the_cutoff(realistic_models, tmp_pat
         for name in reference.names():
             keep = ignore(name)
             assert torch.equal(reference.read(name)[keep], native.read(name)[keep]), name
+
+
+@pytest.mark.parametrize("dtype_name", list(DTYPES))
+def test_cutoff_at_zero_keeps_every_nonzero_delta(dtype_name):
+    """Density above the nonzero fraction: the k-th largest magnitude is 0, so every nonzero
+    element survives (which zeros count as "kept" changes nothing), as in mergekit."""
+    from mergekit.sparsify import magnitude
+
+    dtype = DTYPES[dtype_name]
+    base, other = realistic_pair(dtype, 0.7)
+    trim, kept = trimmed(base, other, 0.5, dtype)
+    delta = other - base
+    assert trim.threshold == 0 and trim.ties_kept == int(0.5 * base.numel()) - int(delta.count_nonzero())
+    assert torch.equal(kept, delta)
+    assert torch.equal(kept, magnitude(delta, 0.5))

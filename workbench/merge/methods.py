@@ -172,13 +172,50 @@ def magnitude_trim(base: torch.Tensor, other: torch.Tensor, density: float, dtyp
     elements, as mergekit's sparsify.magnitude (the k largest magnitudes, compared in float32).
 
     mergekit breaks ties at the cut-off by an unstable argsort; here the first ones by flat
-    index are kept, so the kept count is exactly k and the result deterministic. Selection
-    runs in place (numpy's introselect, O(n)) on a float32 buffer of magnitudes: one tensor
-    of scratch instead of mergekit's full argsort and its index arrays.
+    index are kept, so the kept count is exactly k and the result deterministic. Both ways
+    of finding the cut-off are O(n) and read the inputs once, chunk by chunk:
+    bfloat16/float16 magnitudes are counted in a histogram of their 2^15 bit patterns (no
+    scratch tensor; selection by partitioning is slow on such data, whose few distinct
+    values repeat millions of times); float32/float64 ones are selected in place (numpy's
+    introselect) in one float32 buffer, instead of mergekit's full argsort and index arrays.
     """
     numel = base.numel()
     keep = max(1, int(density * numel))
-    acc = _accumulator_dtype(dtype)
+    if dtype in _HALF_WIDTH:
+        return _histogram_trim(base, other, keep, dtype, rescale, release)
+    return _selection_trim(base, other, keep, dtype, rescale, release)
+
+
+_HALF_WIDTH = (torch.bfloat16, torch.float16)
+_PATTERNS = 1 << 15  # bit patterns of a non-negative 16-bit float, in the order of their values
+
+
+def _histogram_trim(base: torch.Tensor, other: torch.Tensor, keep: int, dtype: torch.dtype, rescale: bool,
+                    release: Release) -> MagnitudeTrim:
+    counts = torch.zeros(_PATTERNS, dtype=torch.int64)
+    for start, stop in _chunks(base.numel()):
+        delta = other[start:stop].to(dtype) - base[start:stop].to(dtype)
+        bits = delta.view(torch.int16).to(torch.int32).bitwise_and_(_PATTERNS - 1)
+        counts += torch.bincount(bits, minlength=_PATTERNS)
+        release(start, stop)
+    from_top = counts.flip(0).cumsum(0)
+    cut = _PATTERNS - 1 - int(torch.searchsorted(from_top, keep))  # the keep-th largest's pattern
+    above = int(from_top[_PATTERNS - 2 - cut]) if cut < _PATTERNS - 1 else 0
+    threshold = float(torch.tensor([cut], dtype=torch.int16).view(dtype))
+    trim = MagnitudeTrim(threshold, int(counts[cut]), keep - above, None)
+    if rescale and threshold > 0:
+        present = counts.nonzero().reshape(-1)
+        values = present.to(torch.int16).view(dtype).double()
+        sums = counts[present].double() * values
+        before = sums.sum().to(dtype)
+        after = (sums[present > cut].sum() + trim.ties_kept * threshold).to(dtype)
+        trim.scale = _rescale_factor(before, after)
+    return trim
+
+
+def _selection_trim(base: torch.Tensor, other: torch.Tensor, keep: int, dtype: torch.dtype, rescale: bool,
+                    release: Release) -> MagnitudeTrim:
+    numel = base.numel()
     magnitudes = torch.empty(numel, dtype=torch.float32)
     wide_sum = torch.zeros((), dtype=torch.float64)  # float64 inputs: L1 summed in float64
     for start, stop in _chunks(numel):
@@ -188,9 +225,12 @@ def magnitude_trim(base: torch.Tensor, other: torch.Tensor, density: float, dtyp
         else:
             delta = (other[start:stop].to(dtype) - base[start:stop].to(dtype)).abs_()
             segment.copy_(delta)
-            if rescale and dtype == torch.float64:
+            if rescale:
                 wide_sum += delta.sum()
         release(start, stop)
+    nonzero = int(magnitudes.count_nonzero())
+    if keep > nonzero:  # the cut-off is zero: every nonzero element is kept, the trim is a no-op
+        return MagnitudeTrim(0.0, numel - nonzero, keep - nonzero, None)
     values = magnitudes.numpy()
     values.partition(numel - keep)
     threshold = float(values[numel - keep])
@@ -201,12 +241,15 @@ def magnitude_trim(base: torch.Tensor, other: torch.Tensor, density: float, dtyp
     if not rescale:
         return trim
     if dtype == torch.float64:
-        before, after = wide_sum, _kept_l1(base, other, trim, release)
+        trim.scale = _rescale_factor(wide_sum, _kept_l1(base, other, trim, release))
     else:
-        before, after = magnitudes.sum().to(dtype), top.sum().to(dtype)
-    if before >= 1e-7 and after >= 1e-7:
-        trim.scale = before / after
+        trim.scale = _rescale_factor(magnitudes.sum(), top.sum())
     return trim
+
+
+def _rescale_factor(before: torch.Tensor, after: torch.Tensor) -> torch.Tensor | None:
+    """before / after, or None (no rescale) when either L1 is below mergekit's 1e-7."""
+    return before / after if before >= 1e-7 and after >= 1e-7 else None
 
 
 def _kept_l1(base: torch.Tensor, other: torch.Tensor, trim: MagnitudeTrim, release: Release) -> torch.Tensor:
