@@ -2,8 +2,8 @@
 
 Each reproduces mergekit 0.1.5's arithmetic (mergekit/merge_methods/linear.py, slerp.py,
 generalized_task_arithmetic.py, sparsify.py): the same dtypes and, where it matters for the
-result, the same order of operations, so float32 results agree to rounding and bfloat16
-results to at most one rounding step.
+result, the same order of operations, so float32 and float64 results agree to rounding and
+bfloat16 results to at most one rounding step.
 What differs is how the work is done: each function walks the flattened tensors in chunks
 of ``CHUNK`` elements, so scratch memory is a few chunks whatever the tensor size, and
 calls ``release(start, stop)`` once it is done with an element range in a pass, which lets
@@ -17,7 +17,8 @@ Coefficients (linear weights, slerp's t) are float64 for float64 merges, float32
 as mergekit's batched parameters are.
 
 TIES' magnitude trim keeps exactly k = max(1, int(density * numel)) elements per tensor,
-as mergekit does, found by an in-place O(n) selection instead of a full argsort. Where
+as mergekit does, with the cut-off found in O(n) (a histogram of bit patterns for bfloat16
+and float16, an in-place selection for float32 and float64) instead of a full argsort. Where
 several magnitudes tie at the cut-off value (common in bfloat16 and float16, whose task
 vectors take few distinct values), mergekit keeps an arbitrary subset (unstable argsort);
 here the first tied elements in flat index order are kept, so the result is deterministic
