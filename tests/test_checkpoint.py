@@ -147,7 +147,7 @@ def test_killed_writer_leaves_no_complete_looking_directory(tmp_path):
     proc.wait()
     assert not out.exists()
     leftovers = [p.name for p in tmp_path.iterdir()]
-    assert leftovers and all(name.startswith(".out.tmp-") for name in leftovers)
+    assert leftovers and all(name.startswith(".out.wb-staging-") for name in leftovers)
     # The next writer for the same target cleans up what the dead one left.
     with CheckpointWriter(out, [PlannedTensor("a", (1,), torch.float32)]) as writer:
         writer.write("a", torch.zeros(1))

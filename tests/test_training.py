@@ -95,6 +95,8 @@ def test_loss_decreases_when_overfitting_a_few_examples(tmp_path):
 
 
 def test_nan_loss_stops_naming_the_step_and_keeps_the_last_good_checkpoint(tmp_path):
+    """Step 3's loss is computed on step-2's weights: those gave NaN, so step-2 is set aside and
+    step-1 (whose weights gave step 2 a finite loss) is the one named good."""
     calls = {"n": 0}
 
     def objective(model, batch):
@@ -103,9 +105,12 @@ def test_nan_loss_stops_naming_the_step_and_keeps_the_last_good_checkpoint(tmp_p
         return (loss_sum * math.nan if calls["n"] == 3 else loss_sum), count, correct
 
     model = make_model("llama", vocab_size=VOCAB)
-    with pytest.raises(TrainingDivergedError, match=r"loss became nan at step 3.*step-0000002"):
+    with pytest.raises(TrainingDivergedError,
+                       match=r"loss became nan at step 3.*last good checkpoint is \S*step-0000001\b.*"
+                             r"moved to diverged-step-0000002"):
         train(model, make_rows(8), [], pad, config(batch_size=2, save_every=1), tmp_path, Dist(), objective)
-    assert sorted(p.name for p in (tmp_path / "checkpoints").iterdir()) == ["step-0000001", "step-0000002"]
+    assert sorted(p.name for p in (tmp_path / "checkpoints").iterdir()) == ["diverged-step-0000002",
+                                                                            "step-0000001"]
     assert all(torch.isfinite(p).all() for p in model.parameters())
 
 

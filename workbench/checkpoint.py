@@ -16,14 +16,13 @@ import hashlib
 import json
 import os
 import shutil
-import uuid
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Iterable, Iterator
 
 import torch
 
-from workbench import __version__
+from workbench import __version__, atomic
 from workbench.errors import CheckpointError
 from workbench.safetensors_io import PlannedTensor, ShardFile, TensorInfo, read_header
 
@@ -326,7 +325,7 @@ class CheckpointWriter:
     Every tensor's name, shape and dtype is known up front (``plan``), so each shard's
     header is written first and each tensor is written to its offset as it arrives: memory
     use is bounded by one tensor, whatever the model's size. Everything goes into a hidden
-    sibling directory ``.NAME.tmp-PID-RANDOM`` that ``commit`` fsyncs and renames to ``NAME``.
+    staging sibling (``workbench.atomic``) that ``commit`` fsyncs and renames to ``NAME``.
     Use as a context manager: an exception removes the temporary directory.
     """
 
@@ -341,10 +340,8 @@ class CheckpointWriter:
         self.out_dir = Path(out_dir)
         if self.out_dir.exists() and not overwrite:
             raise CheckpointError(f"{self.out_dir}: already exists (pass --overwrite to replace it)")
-        self.out_dir.parent.mkdir(parents=True, exist_ok=True)
-        _remove_stale_temporaries(self.out_dir)
-        self.tmp_dir = self.out_dir.parent / f".{self.out_dir.name}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}"
-        self.tmp_dir.mkdir()
+        atomic.check_replaceable(self.out_dir)
+        self.tmp_dir = atomic.new_staging_dir(self.out_dir)
         self.bytes_written = 0
         self.shards: list[ShardFile] = []
         self.shard_of: dict[str, ShardFile] = {}
@@ -410,15 +407,7 @@ class CheckpointWriter:
         record["fingerprint"] = compute_fingerprint(staged)
         record["fingerprint_of"] = staged._file_stamps()
         self.write_json(LINEAGE_FILE, record)
-        _fsync_dir(self.tmp_dir)
-        if self.out_dir.exists():
-            trash = self.out_dir.parent / f".{self.out_dir.name}.old-{uuid.uuid4().hex[:8]}"
-            os.rename(self.out_dir, trash)
-            os.rename(self.tmp_dir, self.out_dir)
-            shutil.rmtree(trash, ignore_errors=True)
-        else:
-            os.rename(self.tmp_dir, self.out_dir)
-        _fsync_dir(self.out_dir.parent)
+        atomic.commit_dir(self.tmp_dir, self.out_dir)
         return Checkpoint(self.out_dir)
 
     def abort(self) -> None:
@@ -438,30 +427,6 @@ def _group_into_shards(plan: list[PlannedTensor], max_shard_bytes: int) -> list[
         groups[-1].append(tensor)
         size += tensor.nbytes
     return groups
-
-
-def _fsync_dir(path: Path) -> None:
-    for child in path.iterdir() if path.is_dir() else []:
-        if child.is_file():
-            with open(child, "rb") as f:
-                os.fsync(f.fileno())
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def _remove_stale_temporaries(out_dir: Path) -> None:
-    """Remove temporary directories left for the same target by writers that died."""
-    for tmp in out_dir.parent.glob(f".{out_dir.name}.tmp-*"):
-        try:
-            pid = int(tmp.name.rsplit("-", 2)[-2])
-            os.kill(pid, 0)
-        except ProcessLookupError:
-            shutil.rmtree(tmp, ignore_errors=True)
-        except (ValueError, PermissionError):
-            continue
 
 
 def unique_state_dict(model: torch.nn.Module) -> dict[str, torch.Tensor]:

@@ -8,8 +8,11 @@ Read ``train`` top to bottom: it is the whole algorithm. Per optimizer step:
 3. count the supervised tokens of *all* micro-batches of *all* ranks first, then backpropagate
    each micro-batch's ``loss_sum / that total``: the gradient is the mean over every supervised
    token of the global batch, whatever the accumulation or process count;
-4. stop with an error on a NaN/inf loss before the optimizer touches the weights;
-5. clip, step, schedule, log, validate, checkpoint, maybe stop early.
+4. stop with an error on a NaN/inf loss before the optimizer touches the weights; the checkpoint
+   of the weights that gave it is moved aside, so the one named good (and resumed from) is
+   one whose weights are finite and gave a finite loss;
+5. clip, step, schedule, log, validate, checkpoint (only finite weights and optimizer state),
+   maybe stop early.
 """
 
 from __future__ import annotations
@@ -25,17 +28,20 @@ import torch
 
 from workbench.errors import ConfigError, WorkbenchError
 from workbench.training.config import TrainingConfig
-from workbench.training.distributed import Dist, all_reduce_sum
+from workbench.training.distributed import Dist, all_reduce_sum, broadcast_object
 from workbench.training.events import EVENTS_FILE, EventLog, read_events
 from workbench.data import epoch_order
 from workbench.training.objectives import count_supervised
 from workbench.training.optim import build_optimizer, build_scheduler
 from workbench.training.state import (
+    DIVERGED_PREFIX,
+    PREFIX,
     LoopState,
     latest_checkpoint,
     load_checkpoint,
     save_checkpoint,
     seed_everything,
+    set_aside_diverged,
 )
 
 Objective = Callable[[torch.nn.Module, dict], tuple]
@@ -211,7 +217,6 @@ def train(model: torch.nn.Module, train_rows: Sequence, val_rows: Sequence, coll
     else:
         state = LoopState()
         seed_everything(config.seed + ctx.rank)
-    last_saved = resume_from
     events = EventLog(run_dir, ctx.is_main, resume_step=state.step)
     progress = _progress_bar(config, ctx, state.step, total_steps)
     trainable = [p for p in model.parameters() if p.requires_grad]
@@ -228,9 +233,7 @@ def train(model: torch.nn.Module, train_rows: Sequence, val_rows: Sequence, coll
         train_loss = loss_total / global_supervised
         # 4. never step on a NaN/inf loss
         if not math.isfinite(train_loss):
-            kept = f"the last good checkpoint is {last_saved}" if last_saved else "no checkpoint was saved yet"
-            raise TrainingDivergedError(
-                f"loss became {train_loss} at step {state.step + 1}; training stopped ({kept})")
+            raise diverged(checkpoints_dir, state.step, f"loss became {train_loss} at step {state.step + 1}", ctx)
         # 5. clip, step, schedule
         if config.max_grad_norm > 0:
             torch.nn.utils.clip_grad_norm_(trainable, config.max_grad_norm)
@@ -252,6 +255,9 @@ def train(model: torch.nn.Module, train_rows: Sequence, val_rows: Sequence, coll
         if val_rows and (epoch_end or (config.eval_every and state.step % config.eval_every == 0)):
             valid_loss, valid_accuracy, valid_extra = evaluate(model, val_rows, collate, eval_objective,
                                                                config.batch_size, config, ctx)
+            if not math.isfinite(valid_loss):
+                raise diverged(checkpoints_dir, state.step,
+                               f"validation loss became {valid_loss} after step {state.step}", ctx)
             event.update(valid_loss=valid_loss, valid_mean_token_accuracy=valid_accuracy,
                          **{f"valid_{name}": value for name, value in valid_extra.items()})
             improved = state.best_valid_loss is None or valid_loss < state.best_valid_loss
@@ -265,11 +271,35 @@ def train(model: torch.nn.Module, train_rows: Sequence, val_rows: Sequence, coll
         progress.update(1)
         if (epoch_end or improved or state.stopped_early
                 or (config.save_every and state.step % config.save_every == 0)):
-            last_saved = save_checkpoint(checkpoints_dir, model, optimizer, scheduler, state,
+            if not all_finite(trainable, optimizer):
+                raise diverged(checkpoints_dir, state.step,
+                               f"weights or optimizer state became NaN/inf at step {state.step}", ctx)
+            save_checkpoint(checkpoints_dir, model, optimizer, scheduler, state,
                                          training_fields, config.keep_last, ctx)
     progress.close()
     events.close()
     return TrainResult(state=state, total_steps=total_steps, metrics=final_metrics(run_dir, state))
+
+
+def all_finite(parameters: list[torch.Tensor], optimizer) -> bool:
+    """Whether the trainable weights and every floating tensor of the optimizer state are finite."""
+    tensors = list(parameters) + [v for per_param in optimizer.state.values() for v in per_param.values()
+                                  if torch.is_tensor(v) and v.is_floating_point()]
+    return all(bool(torch.isfinite(t).all()) for t in tensors)
+
+
+def diverged(checkpoints_dir: Path, bad_step: int, what: str, ctx: Dist) -> TrainingDivergedError:
+    """The error for a run whose weights after ``bad_step`` steps are unusable, after moving their
+    checkpoint out of resume's way; it names the newest checkpoint known good."""
+    aside, good = None, None
+    if ctx.is_main:
+        aside = checkpoints_dir / f"{DIVERGED_PREFIX}{PREFIX}{bad_step:07d}"
+        good = set_aside_diverged(checkpoints_dir, bad_step)
+        aside = aside if aside.exists() else None
+    aside, good = broadcast_object((aside, good), ctx)
+    kept = f"the last good checkpoint is {good}" if good else "no good checkpoint was saved"
+    moved = f"; the checkpoint of these weights was moved to {aside.name}" if aside else ""
+    return TrainingDivergedError(f"{what}; training stopped ({kept}{moved})")
 
 
 def final_metrics(run_dir: Path, state: LoopState) -> dict:

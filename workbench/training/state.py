@@ -3,9 +3,11 @@
 Each holds what exact resume needs: the trainable parameters (all of them, or only the
 adapter), optimizer and scheduler state, the loop's counters (the step fixes the data
 position, because the shuffle order is a pure function of seed and epoch) and every RNG
-state, one file per rank. A checkpoint appears only once complete (temp dir + rename), so a
-run killed at any instant resumes from the last whole one. The last ``keep_last`` are kept,
-plus the best by validation loss, which ``best.json`` names.
+state, one file per rank. Every write goes through ``workbench.atomic``: a checkpoint appears
+only once complete and disappears by a rename, so a run killed at any instant resumes from the
+last whole one. The last ``keep_last`` are kept, plus the best by validation loss, which
+``best.json`` names, plus the newest one known good (see ``_prune``). A checkpoint whose
+weights gave a NaN/inf loss is moved to diverged-step-N (see ``set_aside_diverged``).
 """
 
 from __future__ import annotations
@@ -13,7 +15,6 @@ from __future__ import annotations
 import json
 import os
 import random
-import shutil
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -21,9 +22,11 @@ import numpy as np
 import torch
 from safetensors.torch import load_file, save_file
 
+from workbench import atomic
 from workbench.training.distributed import Dist, barrier, broadcast_object
 
 PREFIX = "step-"
+DIVERGED_PREFIX = "diverged-"
 BEST_FILE = "best.json"
 
 
@@ -73,41 +76,37 @@ def list_checkpoints(checkpoints_dir: Path) -> list[Path]:
     if not checkpoints_dir.is_dir():
         return []
     found = [p for p in checkpoints_dir.glob(f"{PREFIX}*") if p.is_dir() and (p / "state.json").exists()]
-    return sorted(found, key=lambda p: int(p.name[len(PREFIX):]))
+    return sorted(found, key=_step_of)
 
 
 def save_checkpoint(checkpoints_dir: Path, model, optimizer, scheduler, state: LoopState,
                     config: dict, keep_last: int, ctx: Dist) -> Path:
     """Write step-N atomically (every rank adds its RNG state), then prune old ones."""
     final = checkpoints_dir / f"{PREFIX}{state.step:07d}"
-    tmp = checkpoints_dir / f".{final.name}.tmp"
-    if ctx.is_main:
-        shutil.rmtree(tmp, ignore_errors=True)
-        tmp.mkdir(parents=True)
-    barrier(ctx)
-    torch.save(capture_rng(), tmp / f"rng-rank{ctx.rank}.pt")
+    staging = atomic.new_staging_dir(final) if ctx.is_main else None
+    staging = broadcast_object(staging, ctx)
+    torch.save(capture_rng(), staging / f"rng-rank{ctx.rank}.pt")
     barrier(ctx)
     if ctx.is_main:
-        save_file(trainable_state(model), str(tmp / "trainable.safetensors"))
+        save_file(trainable_state(model), str(staging / "trainable.safetensors"))
         torch.save({"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict()},
-                   tmp / "optimizer.pt")
-        (tmp / "state.json").write_text(json.dumps(
+                   staging / "optimizer.pt")
+        (staging / "state.json").write_text(json.dumps(
             {"loop": asdict(state), "world_size": ctx.world_size, "config": config}, indent=2))
-        _fsync_tree(tmp)
-        if final.exists():
-            shutil.rmtree(final)
-        os.rename(tmp, final)
-        if state.best_step == state.step:
-            mark_best(checkpoints_dir, state)
-        _prune(checkpoints_dir, keep_last)
+        atomic.commit_dir(staging, final)
+        if state.best_step is not None:
+            write_best(checkpoints_dir, state)
+        _prune(checkpoints_dir, keep_last, state)
     barrier(ctx)
     return final
 
 
-def mark_best(checkpoints_dir: Path, state: LoopState) -> None:
-    (checkpoints_dir / BEST_FILE).write_text(json.dumps(
-        {"checkpoint": f"{PREFIX}{state.best_step:07d}", "step": state.best_step,
-         "valid_loss": state.best_valid_loss}) + "\n")
+def write_best(checkpoints_dir: Path, state: LoopState) -> None:
+    """best.json, rewritten whole from the loop state at every save (so one a kill or a full
+    disk left empty is repaired by the next save; nothing reads it back)."""
+    atomic.write_json(checkpoints_dir / BEST_FILE, {
+        "checkpoint": f"{PREFIX}{state.best_step:07d}", "step": state.best_step,
+        "valid_loss": state.best_valid_loss}, indent=None)
 
 
 def load_checkpoint(path: Path, model, optimizer, scheduler, ctx: Dist) -> LoopState:
@@ -131,20 +130,46 @@ def load_checkpoint(path: Path, model, optimizer, scheduler, ctx: Dist) -> LoopS
 
 
 def latest_checkpoint(checkpoints_dir: Path, ctx: Dist) -> Path | None:
+    """The checkpoint to resume from, once what killed writes left there is cleaned or restored."""
+    if ctx.is_main:
+        atomic.recover(parent=checkpoints_dir)
     found = list_checkpoints(checkpoints_dir) if ctx.is_main else []
     return broadcast_object(found[-1] if found else None, ctx)
 
 
-def _prune(checkpoints_dir: Path, keep_last: int) -> None:
-    best = None
-    if (checkpoints_dir / BEST_FILE).exists():
-        best = json.loads((checkpoints_dir / BEST_FILE).read_text())["checkpoint"]
-    for old in list_checkpoints(checkpoints_dir)[:-keep_last]:
-        if old.name != best:
-            shutil.rmtree(old)
+def set_aside_diverged(checkpoints_dir: Path, bad_step: int) -> Path | None:
+    """After the weights of ``bad_step`` proved non-finite or gave a non-finite loss: move its
+    checkpoint (if one was saved) to diverged-step-N, out of resume's way but kept to inspect,
+    and return the newest checkpoint before it. Every one of those is good: its weights are
+    finite (checked before saving) and the step taken from them had a finite loss."""
+    bad = checkpoints_dir / f"{PREFIX}{bad_step:07d}"
+    if bad.exists():
+        aside = checkpoints_dir / f"{DIVERGED_PREFIX}{bad.name}"
+        atomic.remove_dir(aside)
+        os.rename(bad, aside)
+        atomic.fsync_dir(checkpoints_dir)
+    good = [p for p in list_checkpoints(checkpoints_dir) if _step_of(p) < bad_step]
+    if good:
+        kept_state = LoopState(**json.loads((good[-1] / "state.json").read_text())["loop"])
+        if kept_state.best_step is not None:
+            write_best(checkpoints_dir, kept_state)
+    return good[-1] if good else None
 
 
-def _fsync_tree(path: Path) -> None:
-    for child in path.iterdir():
-        with open(child, "rb") as f:
-            os.fsync(f.fileno())
+def _prune(checkpoints_dir: Path, keep_last: int, state: LoopState) -> None:
+    """Keep the newest ``keep_last``, the best, and the newest one before this step's: this
+    step's weights are not yet known to give a finite loss, so that one is the last known good."""
+    found = list_checkpoints(checkpoints_dir)
+    keep = set(found[-keep_last:])
+    earlier = [p for p in found if _step_of(p) < state.step]
+    if earlier:
+        keep.add(earlier[-1])
+    if state.best_step is not None:
+        keep.add(checkpoints_dir / f"{PREFIX}{state.best_step:07d}")
+    for old in found:
+        if old not in keep:
+            atomic.remove_dir(old)
+
+
+def _step_of(path: Path) -> int:
+    return int(path.name[len(PREFIX):])
