@@ -125,6 +125,28 @@ def staged_dir(target: str | os.PathLike) -> Iterator[Path]:
         raise
 
 
+@contextmanager
+def scratch_dir(target: str | os.PathLike) -> Iterator[Path]:
+    """A hidden working directory beside ``target`` for intermediate files (a merged adapter,
+    mergekit's output), removed afterwards, or by ``recover`` if the process was killed."""
+    scratch = new_staging_dir(target)
+    try:
+        yield scratch
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
+
+
+def move_files_into(staging: Path, target_dir: Path, *, last: str) -> None:
+    """Move every file of ``staging`` into the existing ``target_dir`` (``last`` moved last, so
+    its presence says the rest is there), then remove the emptied staging directory."""
+    fsync_tree(staging)
+    for path in sorted(staging.iterdir(), key=lambda p: p.name == last):
+        os.replace(path, target_dir / path.name)
+    fsync_dir(target_dir)
+    staging.rmdir()
+    fsync_dir(staging.parent)
+
+
 def remove_dir(path: str | os.PathLike) -> None:
     """Delete a directory: renamed to a trash name first, so a kill mid-way leaves nothing
     under the old name, and ``recover`` finishes the deletion."""

@@ -14,13 +14,12 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import shutil
-import uuid
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
+from workbench import atomic
 from workbench.checkpoint import Checkpoint, file_fingerprint, parse_dtype
 from workbench.distill.losses import LossSpec, SparseTeacher, sparse_from_logprobs
 from workbench.errors import ConfigError
@@ -157,17 +156,9 @@ def write_cache(out: str | os.PathLike, manifest: dict, teacher: SparseTeacher, 
     manifest = {**manifest, "tokens": tokens, "bytes_per_token": per_token,
                 "id_dtype": str(id_dtype).removeprefix("torch."),
                 "logprob_dtype": str(logprob_dtype).removeprefix("torch.")}
-    tmp = out.parent / f".{out.name}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}"
-    tmp.mkdir(parents=True)
-    try:
-        save_file(tensors, str(tmp / TENSORS))
-        (tmp / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n")
-        if out.exists():
-            shutil.rmtree(out)
-        os.rename(tmp, out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
+    with atomic.staged_dir(out) as staging:
+        save_file(tensors, str(staging / TENSORS))
+        (staging / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n")
     return manifest
 
 
@@ -175,6 +166,7 @@ def check_out_dir(out: str | os.PathLike, overwrite: bool) -> None:
     out = Path(out)
     if out.exists() and not overwrite:
         raise ConfigError(f"{out}: already exists (pass --overwrite to replace it)")
+    atomic.check_replaceable(out)
 
 
 def build_teacher_cache(teacher: str, data: str, out: str, *, top_k: int = 64, val_data: str | None = None,

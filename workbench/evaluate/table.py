@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-import json
-import os
 from pathlib import Path
+
+from workbench import atomic
 
 REPORT_JSON, REPORT_MARKDOWN = "eval.json", "eval.md"  # what an evaluation writes to its out dir
 MATCH_TITLES = {"exact": "exact match", "contains": "answer contains", "regex": "regex match"}
@@ -67,12 +67,5 @@ def report_markdown(report: dict) -> str:
 def write_outputs(report: dict, out_dir: Path) -> None:
     """eval.json and eval.md in out_dir, each written whole or not at all."""
     out_dir.mkdir(parents=True, exist_ok=True)
-    write_atomic(out_dir / REPORT_JSON, json.dumps(report, indent=2) + "\n")
-    write_atomic(out_dir / REPORT_MARKDOWN, report_markdown(report) + "\n")
-
-
-def write_atomic(path: Path, text: str) -> None:
-    """Write a text file whole or not at all (temp file + rename)."""
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    tmp.write_text(text)
-    os.replace(tmp, path)
+    atomic.write_json(out_dir / REPORT_JSON, report)
+    atomic.write_text(out_dir / REPORT_MARKDOWN, report_markdown(report) + "\n")

@@ -10,9 +10,9 @@ Configs use mergekit's schema unchanged; see ``workbench.merge.config``.
 from __future__ import annotations
 
 import os
-import tempfile
 from pathlib import Path
 
+from workbench import atomic
 from workbench.checkpoint import Checkpoint, pickle_files, pickle_refusal
 from workbench.errors import CheckpointError, ConfigError
 from workbench.merge.config import (TOKENIZER_SOURCE_WORDS, TOP_LEVEL_KEYS, MergeConfig, ModelEntry, load_config,
@@ -37,6 +37,7 @@ def run(config: dict | str | os.PathLike, out_dir: str | os.PathLike, *, backend
     out_dir = Path(out_dir)
     if out_dir.exists() and not overwrite:
         raise CheckpointError(f"{out_dir}: already exists (pass --overwrite to replace it)")
+    atomic.check_replaceable(out_dir)
     blockers = merge_config.native_blockers()
     if backend == "native" and blockers:
         raise ConfigError(f"--backend native cannot run this config: {blockers[0]}")
@@ -66,8 +67,7 @@ def _run_native(config: MergeConfig, out_dir: Path, *, overwrite: bool, progress
         return run_native(plan, out_dir, overwrite=overwrite, progress=progress, lineage_inputs=lineage_inputs)
     from workbench.merge.lora import merge_adapter
 
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(prefix=f".{out_dir.name}.lora-", dir=out_dir.parent) as tmp:
+    with atomic.scratch_dir(out_dir) as tmp:
         merged: dict = {}
 
         def checkpoint_of(entry: ModelEntry) -> Checkpoint:

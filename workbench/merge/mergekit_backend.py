@@ -8,9 +8,9 @@ handling, model card and lineage as a native merge.
 from __future__ import annotations
 
 import shutil
-import tempfile
 from pathlib import Path
 
+from workbench import atomic
 from workbench.checkpoint import Checkpoint, CheckpointWriter
 from workbench.errors import ConfigError
 from workbench.merge.config import MergeConfig
@@ -48,9 +48,7 @@ def run_mergekit(config: MergeConfig, out_dir: Path, *, overwrite: bool, progres
     except Exception as exc:  # pydantic's ValidationError: a user error in the YAML
         first = str(exc).strip().splitlines()
         raise ConfigError(f"{config.source}: mergekit rejects the config: {' '.join(first[:3])}") from None
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    scratch = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.mergekit-", dir=out_dir.parent))
-    try:
+    with atomic.scratch_dir(out_dir) as scratch:
         options = MergeOptions(copy_tokenizer=True, lazy_unpickle=False, cuda=False, quiet=not progress,
                                write_model_card=False, lora_merge_cache=str(scratch / "lora"))
         run_merge(merge_config, str(scratch / "out"), options=options)
@@ -65,5 +63,3 @@ def run_mergekit(config: MergeConfig, out_dir: Path, *, overwrite: bool, progres
                     shutil.copyfile(item, writer.staging_dir / item.name)
             return finish_checkpoint(writer, config, backend="mergekit", config_from=None,
                                      dtype_name=None, lineage_inputs=lineage_inputs)
-    finally:
-        shutil.rmtree(scratch, ignore_errors=True)

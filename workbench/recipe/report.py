@@ -14,8 +14,8 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 from workbench import __version__
+from workbench.atomic import write_text
 from workbench.evaluate import cell, markdown_table
-from workbench.evaluate.table import write_atomic
 from workbench.recipe.runner import format_metrics, format_seconds
 from workbench.recipe.schema import Recipe
 from workbench.recipe.state import read_record
@@ -27,8 +27,8 @@ def write_report(recipe: Recipe, run_dir: Path) -> Path:
     """Write report.md, report.html and plots/*.png; returns the markdown path."""
     blocks = report_blocks(recipe, run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
-    write_atomic(run_dir / "report.md", render_markdown(blocks))
-    write_atomic(run_dir / "report.html", render_html(recipe.name, blocks, run_dir))
+    write_text(run_dir / "report.md", render_markdown(blocks))
+    write_text(run_dir / "report.html", render_html(recipe.name, blocks, run_dir))
     return run_dir / "report.md"
 
 

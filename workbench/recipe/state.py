@@ -8,9 +8,10 @@ still "running" when the next run starts means the step was interrupted.
 from __future__ import annotations
 
 import json
-import os
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+
+from workbench import atomic
 
 
 @dataclass
@@ -44,8 +45,4 @@ def read_record(run_dir: Path, step_id: str) -> StepRecord | None:
 
 
 def write_record(run_dir: Path, record: StepRecord) -> None:
-    path = record_path(run_dir, record.id)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    tmp.write_text(json.dumps(asdict(record), indent=2) + "\n")
-    os.replace(tmp, path)
+    atomic.write_json(record_path(run_dir, record.id), asdict(record))

@@ -9,12 +9,12 @@ LoRA was used. OUT also holds the run itself (see ``workbench.training.rundir``)
 from __future__ import annotations
 
 import os
-import shutil
 from functools import partial
 from pathlib import Path
 
 import torch
 
+from workbench import atomic
 from workbench.checkpoint import Checkpoint, file_fingerprint, make_lineage
 from workbench.errors import ConfigError
 from workbench.sft.config import ADAPTER_DIR, SFTConfig
@@ -85,8 +85,5 @@ def _fingerprint(path: str | None) -> str | None:
 
 def write_adapter(model, out: Path) -> None:
     """The peft adapter as OUT/adapter, written beside it and renamed into place."""
-    tmp = out.parent / f".{out.name}.adapter-{os.getpid()}"
-    shutil.rmtree(tmp, ignore_errors=True)
-    model.save_pretrained(str(tmp))
-    shutil.rmtree(out / ADAPTER_DIR, ignore_errors=True)
-    os.rename(tmp, out / ADAPTER_DIR)
+    with atomic.staged_dir(out / ADAPTER_DIR) as staging:
+        model.save_pretrained(str(staging))

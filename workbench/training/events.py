@@ -3,8 +3,11 @@ event files when tensorboard is installed, and a loss-curve PNG at the end."""
 
 from __future__ import annotations
 
+import io
 import json
 from pathlib import Path
+
+from workbench import atomic
 
 EVENTS_FILE = "events.jsonl"
 PLOT_FILE = "loss.png"
@@ -21,8 +24,7 @@ class EventLog:
             return
         run_dir.mkdir(parents=True, exist_ok=True)
         kept = [e for e in read_events(self.path) if e["step"] <= resume_step] if resume_step else []
-        with open(self.path, "w") as f:
-            f.writelines(json.dumps(e) + "\n" for e in kept)
+        atomic.write_text(self.path, "".join(json.dumps(e) + "\n" for e in kept))
         try:
             from torch.utils.tensorboard import SummaryWriter
         except ImportError:
@@ -45,9 +47,16 @@ class EventLog:
 
 
 def read_events(path: Path) -> list[dict]:
+    """The logged events; a last line cut short by a kill mid-append is left out."""
     if not path.exists():
         return []
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    lines = [line for line in path.read_text().splitlines() if line.strip()]
+    events = [json.loads(line) for line in lines[:-1]]
+    try:
+        events += [json.loads(line) for line in lines[-1:]]
+    except json.JSONDecodeError:
+        pass
+    return events
 
 
 def plot_loss_curve(run_dir: Path) -> Path | None:
@@ -71,6 +80,8 @@ def plot_loss_curve(run_dir: Path) -> Path | None:
     ax.grid(alpha=0.3)
     fig.tight_layout()
     out = run_dir / PLOT_FILE
-    fig.savefig(out, dpi=100)
+    png = io.BytesIO()
+    fig.savefig(png, format="png", dpi=100)
     plt.close(fig)
+    atomic.write_bytes(out, png.getvalue())
     return out

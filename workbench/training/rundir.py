@@ -11,10 +11,9 @@ is refused unless the user says --resume (continue that run with new settings) o
 from __future__ import annotations
 
 import json
-import os
-import shutil
 from pathlib import Path
 
+from workbench import atomic
 from workbench.checkpoint import CONFIG_FILE, Checkpoint, parse_dtype, save_model
 from workbench.errors import ConfigError
 
@@ -23,12 +22,20 @@ RUN_FILE = "run.json"
 
 def check_run_dir(out: Path, identity: dict, *, resume: bool, overwrite: bool) -> str:
     """'new', 'continue' (resume from OUT/checkpoints) or 'done' (OUT holds this finished run).
-    Reads only: nothing is written before every input has been checked."""
+    Nothing is written before every input has been checked, except that what a killed run's
+    writes left beside OUT is first finished or removed (``atomic.recover``)."""
+    atomic.recover(out)
     if not out.exists():
         return "new"
     if not out.is_dir():
         raise ConfigError(f"{out}: exists and is a file, expected an output directory")
-    if overwrite or not any(out.iterdir()):
+    if not any(out.iterdir()):
+        return "new"
+    foreign = not any((out / marker).is_file() for marker in atomic.OUTPUT_MARKERS)
+    if foreign:
+        raise ConfigError(f"{out}: exists and holds something other than a training run or a checkpoint "
+                          "this tool wrote; choose another output directory (--overwrite replaces only those)")
+    if overwrite:
         return "new"
     run_file = out / RUN_FILE
     if not run_file.exists():
@@ -45,20 +52,22 @@ def check_run_dir(out: Path, identity: dict, *, resume: bool, overwrite: bool) -
 
 
 def start_run_dir(out: Path, identity: dict, status: str, overwrite: bool) -> None:
+    """Create (or, with --overwrite, empty and recreate) OUT and record the run's identity."""
     if status == "new" and overwrite and out.exists():
-        shutil.rmtree(out)
+        atomic.check_replaceable(out)
+        atomic.remove_dir(out)
     out.mkdir(parents=True, exist_ok=True)
     (out / CONFIG_FILE).unlink(missing_ok=True)  # OUT is a checkpoint again only once training is done
-    (out / RUN_FILE).write_text(json.dumps(identity, indent=2) + "\n")
+    atomic.write_json(out / RUN_FILE, identity)
 
 
 def write_final_model(model, out: Path, base: Checkpoint, lineage: dict) -> None:
     """Make OUT a checkpoint: the model's weights in the base model's dtype, the base's tokenizer,
-    chat template and generation config, lineage. Written beside OUT and moved in with
-    config.json last, so OUT never looks like a partial checkpoint."""
-    staging = out.parent / f".{out.name}.final-{os.getpid()}"
+    chat template and generation config, lineage. Written in a staging directory beside OUT and
+    moved in with config.json last, so OUT never looks like a partial checkpoint; a kill
+    mid-way leaves OUT a run without config.json (the next run writes the model again) and a
+    staging leftover that the next run's ``start_run_dir`` removes."""
+    staging = atomic.hidden_sibling(out, atomic.STAGING)
     dtype = parse_dtype(base.config.get("dtype") or base.config.get("torch_dtype") or "float32")
-    save_model(model, staging, lineage=lineage, support_from=base.path, dtype=dtype, overwrite=True)
-    for path in sorted(staging.iterdir(), key=lambda p: p.name == CONFIG_FILE):
-        os.replace(path, out / path.name)
-    staging.rmdir()
+    save_model(model, staging, lineage=lineage, support_from=base.path, dtype=dtype)
+    atomic.move_files_into(staging, out, last=CONFIG_FILE)
