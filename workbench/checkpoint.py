@@ -338,6 +338,7 @@ class CheckpointWriter:
         overwrite: bool = False,
     ):
         self.out_dir = Path(out_dir)
+        atomic.recover(self.out_dir)  # first: a replacement killed mid-way puts the old one back
         if self.out_dir.exists() and not overwrite:
             raise CheckpointError(f"{self.out_dir}: already exists (pass --overwrite to replace it)")
         atomic.check_replaceable(self.out_dir)

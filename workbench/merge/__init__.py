@@ -35,6 +35,7 @@ def run(config: dict | str | os.PathLike, out_dir: str | os.PathLike, *, backend
     merge_config = load_config(config)
     refuse_pickle_inputs(merge_config)
     out_dir = Path(out_dir)
+    atomic.recover(out_dir)
     if out_dir.exists() and not overwrite:
         raise CheckpointError(f"{out_dir}: already exists (pass --overwrite to replace it)")
     atomic.check_replaceable(out_dir)
