@@ -3,6 +3,7 @@ checkpoint whose weights are finite and gave a finite loss, from which resuming 
 
 from __future__ import annotations
 
+import json
 import re
 from pathlib import Path
 
@@ -46,17 +47,19 @@ def test_weights_whose_loss_is_nan_are_set_aside_not_named_good(tmp_path):
 
 
 def test_checkpoint_named_good_has_finite_weights_and_loss_and_resumes(tmp_path):
-    """lr 3e7: step 2's update makes weights or Adam state non-finite; step-1 is the good one."""
-    message = huge_lr_run(tmp_path, lr=3e7)
-    named = re.search(r"the last good checkpoint is (\S+step-\d+)\)", message)
+    """lr 1e7: the weights after step 4 give an infinite gradient; step-3 is the good one, and
+    resuming from it with a lower lr trains on."""
+    message = huge_lr_run(tmp_path, lr=1e7)
+    named = re.search(r"the last good checkpoint is (\S+step-\d+);", message)
     assert named, message
     good = Path(named.group(1))
-    assert good.name == "step-0000001"
-    assert [p.name for p in (tmp_path / "checkpoints").iterdir()] == ["step-0000001"]
+    assert good.name == "step-0000003" and "moved to diverged-step-0000004" in message
+    assert sorted(p.name for p in (tmp_path / "checkpoints").iterdir()) == [
+        "diverged-step-0000004", "step-0000002", "step-0000003"]
     assert all(torch.isfinite(t).all() for t in load_file(str(good / "trainable.safetensors")).values())
 
     # Resume from it exactly as train() does: its first step's loss is finite, its state finite.
-    cfg = config(batch_size=2, save_every=1, lr=3e7, max_grad_norm=1.0)
+    cfg = config(batch_size=2, save_every=1, lr=1e7, max_grad_norm=1.0)
     rows = make_rows(16)
     model = make_model("llama", vocab_size=VOCAB)
     optimizer = build_optimizer(model, cfg, torch.device("cpu"))
@@ -67,3 +70,12 @@ def test_checkpoint_named_good_has_finite_weights_and_loss_and_resumes(tmp_path)
     micro = [pad([rows[i] for i in ids]) for ids in plan.micro_batches(state.step, cfg.seed, 0)]
     loss_total, _, supervised = accumulate_gradients(ObjectiveModule(model, causal_lm_objective), micro, cfg, Dist())
     assert torch.isfinite(torch.tensor(loss_total / supervised))
+    assert torch.isfinite(torch.nn.utils.get_total_norm([p.grad for p in model.parameters()]))
+
+    # Resuming the run with a sane lr uses that lr, not the one saved in the optimizer state.
+    model = make_model("llama", vocab_size=VOCAB)
+    result = train(model, rows, [], pad, config(batch_size=2, save_every=1, lr=1e-3, max_grad_norm=1.0),
+                   tmp_path, Dist(), causal_lm_objective)
+    events = [json.loads(line) for line in (tmp_path / "events.jsonl").read_text().splitlines()]
+    assert result.state.step == 8 and [e["lr"] for e in events[3:]] == [1e-3] * 5
+    assert all(torch.isfinite(p).all() for p in model.parameters())

@@ -164,6 +164,7 @@ def write_cache(out: str | os.PathLike, manifest: dict, teacher: SparseTeacher, 
 
 def check_out_dir(out: str | os.PathLike, overwrite: bool) -> None:
     out = Path(out)
+    atomic.recover(out)
     if out.exists() and not overwrite:
         raise ConfigError(f"{out}: already exists (pass --overwrite to replace it)")
     atomic.check_replaceable(out)

@@ -8,8 +8,8 @@ Read ``train`` top to bottom: it is the whole algorithm. Per optimizer step:
 3. count the supervised tokens of *all* micro-batches of *all* ranks first, then backpropagate
    each micro-batch's ``loss_sum / that total``: the gradient is the mean over every supervised
    token of the global batch, whatever the accumulation or process count;
-4. stop with an error on a NaN/inf loss before the optimizer touches the weights; the checkpoint
-   of the weights that gave it is moved aside, so the one named good (and resumed from) is
+4. stop with an error on a NaN/inf loss or gradient before the optimizer touches the weights; the
+   checkpoint of the weights that gave it is moved aside, so the one named good (and resumed from) is
    one whose weights are finite and gave a finite loss;
 5. clip, step, schedule, log, validate, checkpoint (only finite weights and optimizer state),
    maybe stop early.
@@ -32,7 +32,7 @@ from workbench.training.distributed import Dist, all_reduce_sum, broadcast_objec
 from workbench.training.events import EVENTS_FILE, EventLog, read_events
 from workbench.data import epoch_order
 from workbench.training.objectives import count_supervised
-from workbench.training.optim import build_optimizer, build_scheduler
+from workbench.training.optim import apply_current_settings, build_optimizer, build_scheduler
 from workbench.training.state import (
     DIVERGED_PREFIX,
     PREFIX,
@@ -214,6 +214,7 @@ def train(model: torch.nn.Module, train_rows: Sequence, val_rows: Sequence, coll
     resume_from = latest_checkpoint(checkpoints_dir, ctx)
     if resume_from is not None:
         state = load_checkpoint(resume_from, model, optimizer, scheduler, ctx)
+        apply_current_settings(optimizer, scheduler, config)
     else:
         state = LoopState()
         seed_everything(config.seed + ctx.rank)
@@ -234,9 +235,11 @@ def train(model: torch.nn.Module, train_rows: Sequence, val_rows: Sequence, coll
         # 4. never step on a NaN/inf loss
         if not math.isfinite(train_loss):
             raise diverged(checkpoints_dir, state.step, f"loss became {train_loss} at step {state.step + 1}", ctx)
-        # 5. clip, step, schedule
-        if config.max_grad_norm > 0:
-            torch.nn.utils.clip_grad_norm_(trainable, config.max_grad_norm)
+        # 5. clip (a non-finite gradient, like a non-finite loss, condemns these weights), step, schedule
+        grad_norm = torch.nn.utils.clip_grad_norm_(trainable, config.max_grad_norm or math.inf)
+        if not torch.isfinite(grad_norm):
+            raise diverged(checkpoints_dir, state.step, f"gradient norm became {grad_norm.item()} at step "
+                           f"{state.step + 1} (loss {train_loss:.4g})", ctx)
         lr = scheduler.get_last_lr()[0]
         optimizer.step()
         scheduler.step()

@@ -15,10 +15,27 @@ def build_optimizer(model: torch.nn.Module, config: TrainingConfig, device: torc
     for param in model.parameters():
         if param.requires_grad:
             (decay if param.ndim >= 2 else no_decay).append(param)
-    groups = [{"params": decay, "weight_decay": config.weight_decay},
-              {"params": no_decay, "weight_decay": 0.0}]
+    groups = [{"params": params, "weight_decay": wd} for params, wd in zip((decay, no_decay), group_decays(config))]
     return torch.optim.AdamW(groups, lr=config.lr, betas=(0.9, 0.999), eps=1e-8,
                              fused=device.type == "cuda")
+
+
+def group_decays(config: TrainingConfig) -> tuple[float, float]:
+    """Weight decay of the two parameter groups: matrices, then biases and norm weights."""
+    return config.weight_decay, 0.0
+
+
+def apply_current_settings(optimizer, scheduler, config: TrainingConfig) -> None:
+    """After a checkpoint's optimizer and scheduler state are loaded, use this run's lr and weight
+    decay, not the ones saved with it: resuming a diverged run with a lower --lr (``--resume``)
+    must not keep stepping with the learning rate that blew it up. With unchanged settings the
+    values are recomputed exactly as the scheduler computed them, so resume stays bitwise."""
+    scheduler.base_lrs = [config.lr for _ in optimizer.param_groups]
+    for group, lr_lambda, decay in zip(optimizer.param_groups, scheduler.lr_lambdas, group_decays(config)):
+        group["initial_lr"] = config.lr
+        group["lr"] = config.lr * lr_lambda(scheduler.last_epoch)
+        group["weight_decay"] = decay
+    scheduler._last_lr = [group["lr"] for group in optimizer.param_groups]
 
 
 def warmup_steps(config: TrainingConfig, total_steps: int) -> int:
