@@ -9,8 +9,8 @@ Read ``train`` top to bottom: it is the whole algorithm. Per optimizer step:
    each micro-batch's ``loss_sum / that total``: the gradient is the mean over every supervised
    token of the global batch, whatever the accumulation or process count;
 4. stop with an error on a NaN/inf loss or gradient before the optimizer touches the weights; the
-   checkpoint of the weights that gave it is moved aside, so the one named good (and resumed from) is
-   one whose weights are finite and gave a finite loss;
+   checkpoint of the weights that gave it is moved aside, so the one named good (and resumed from)
+   has finite weights that gave a finite loss and gradient;
 5. clip, step, schedule, log, validate, checkpoint (only finite weights and optimizer state),
    maybe stop early.
 """
@@ -277,8 +277,8 @@ def train(model: torch.nn.Module, train_rows: Sequence, val_rows: Sequence, coll
             if not all_finite(trainable, optimizer):
                 raise diverged(checkpoints_dir, state.step,
                                f"weights or optimizer state became NaN/inf at step {state.step}", ctx)
-            save_checkpoint(checkpoints_dir, model, optimizer, scheduler, state,
-                                         training_fields, config.keep_last, ctx)
+            save_checkpoint(checkpoints_dir, model, optimizer, scheduler, state, training_fields,
+                            config.keep_last, ctx)
     progress.close()
     events.close()
     return TrainResult(state=state, total_steps=total_steps, metrics=final_metrics(run_dir, state))

@@ -66,7 +66,7 @@ def write_final_model(model, out: Path, base: Checkpoint, lineage: dict) -> None
     chat template and generation config, lineage. Written in a staging directory beside OUT and
     moved in with config.json last, so OUT never looks like a partial checkpoint; a kill
     mid-way leaves OUT a run without config.json (the next run writes the model again) and a
-    staging leftover that the next run's ``start_run_dir`` removes."""
+    staging leftover that the next run's ``check_run_dir`` removes."""
     staging = atomic.hidden_sibling(out, atomic.STAGING)
     dtype = parse_dtype(base.config.get("dtype") or base.config.get("torch_dtype") or "float32")
     save_model(model, staging, lineage=lineage, support_from=base.path, dtype=dtype)

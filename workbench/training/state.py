@@ -7,7 +7,7 @@ state, one file per rank. Every write goes through ``workbench.atomic``: a check
 only once complete and disappears by a rename, so a run killed at any instant resumes from the
 last whole one. The last ``keep_last`` are kept, plus the best by validation loss, which
 ``best.json`` names, plus the newest one known good (see ``_prune``). A checkpoint whose
-weights gave a NaN/inf loss is moved to diverged-step-N (see ``set_aside_diverged``).
+weights gave a NaN/inf loss or gradient is moved to diverged-step-N (``set_aside_diverged``).
 """
 
 from __future__ import annotations
@@ -138,10 +138,11 @@ def latest_checkpoint(checkpoints_dir: Path, ctx: Dist) -> Path | None:
 
 
 def set_aside_diverged(checkpoints_dir: Path, bad_step: int) -> Path | None:
-    """After the weights of ``bad_step`` proved non-finite or gave a non-finite loss: move its
-    checkpoint (if one was saved) to diverged-step-N, out of resume's way but kept to inspect,
-    and return the newest checkpoint before it. Every one of those is good: its weights are
-    finite (checked before saving) and the step taken from them had a finite loss."""
+    """After the weights of ``bad_step`` proved non-finite or gave a non-finite loss or gradient:
+    move their checkpoint (if one was saved) to diverged-step-N, out of resume's way but kept to
+    inspect, and return the newest checkpoint before it. Every one of those is good: its weights
+    are finite (checked before saving) and the step taken from them had a finite loss and
+    gradient. best.json is rewritten from that checkpoint's state."""
     bad = checkpoints_dir / f"{PREFIX}{bad_step:07d}"
     if bad.exists():
         aside = checkpoints_dir / f"{DIVERGED_PREFIX}{bad.name}"
@@ -153,6 +154,8 @@ def set_aside_diverged(checkpoints_dir: Path, bad_step: int) -> Path | None:
         kept_state = LoopState(**json.loads((good[-1] / "state.json").read_text())["loop"])
         if kept_state.best_step is not None:
             write_best(checkpoints_dir, kept_state)
+            return good[-1]
+    (checkpoints_dir / BEST_FILE).unlink(missing_ok=True)
     return good[-1] if good else None
 
 
