@@ -59,9 +59,14 @@ def test_import_refuses_existing_output_unless_overwrite(tmp_path):
     result = run_workbench("import", "gguf", gguf_path, out)
     assert result.returncode == 2 and "already exists" in result.stderr
     assert (out / "keep.txt").read_text() == "mine"
+    # --overwrite replaces only a checkpoint this tool wrote, never a user's folder
+    result = run_workbench("import", "gguf", gguf_path, out, "--overwrite")
+    assert result.returncode == 2 and "not a workbench output" in result.stderr
+    assert [p.name for p in out.iterdir()] == ["keep.txt"]
+    out = tmp_path / "imported"
+    assert run_workbench("import", "gguf", gguf_path, out).returncode == 0
     result = run_workbench("import", "gguf", gguf_path, out, "--overwrite", "--dtype", "bfloat16")
     assert result.returncode == 0, result.stderr
-    assert not (out / "keep.txt").exists()
     assert {info.dtype for info in Checkpoint(out).tensors.values()} == {"BF16"}
 
 

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import torch
 
+from workbench import atomic
 from workbench.checkpoint import Checkpoint, make_lineage, save_model
 from workbench.errors import CheckpointError
 
@@ -53,8 +54,10 @@ def import_gguf(gguf_path: str | os.PathLike, out_dir: str | os.PathLike, *,
                 dtype: torch.dtype | None = None, overwrite: bool = False) -> Checkpoint:
     gguf_path = Path(gguf_path)
     check_gguf(gguf_path)
+    atomic.recover(out_dir)
     if Path(out_dir).exists() and not overwrite:
         raise CheckpointError(f"{out_dir}: already exists (pass --overwrite to replace it)")
+    atomic.check_replaceable(out_dir)
     model, tokenizer = load_gguf(gguf_path)
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
