@@ -181,3 +181,29 @@ def test_bad_beta_on_the_command_line_exits_2(setup, tmp_path):
                            setup["data"], "--out", tmp_path / "out", "--loss", "jsd", "--beta", "2")
     assert result.returncode == 2 and "beta must be in [0, 1]" in result.stderr
     assert not (tmp_path / "out").exists()
+
+
+def test_cache_teacher_over_cpu_and_disk_writes_the_cache_of_a_whole_teacher(setup, tmp_path):
+    from workbench.distill.placement import load_placed_model
+
+    placed = load_placed_model(setup["teacher"], None, "cpu,disk", "cpu=150KB", str(tmp_path / "offload"))
+    assert set(placed.hf_device_map.values()) == {"cpu", "disk"}  # the teacher is split between the two
+    common = dict(top_k=8, val_data=str(setup["val"]), max_length=64)
+    whole = build_teacher_cache(str(setup["teacher"]), str(setup["data"]), str(tmp_path / "whole"), **common)
+    spread = build_teacher_cache(str(setup["teacher"]), str(setup["data"]), str(tmp_path / "spread"),
+                                 device_map="cpu,disk", max_memory="cpu=150KB", **common)
+    assert spread == whole
+    assert (tmp_path / "spread" / "topk.safetensors").read_bytes() == (tmp_path / "whole" / "topk.safetensors").read_bytes()
+    assert not list(tmp_path.glob(".*offload*"))
+
+
+@pytest.mark.parametrize("options, message", [
+    (["--device-map", "cuda:7"], "--device-map: no device 'cuda:7' here; available: auto, "),
+    (["--device-map", "cpu", "--max-memory", "cuda:0=1GB"], "--max-memory: 'cuda:0' is not a memory device"),
+    (["--device-map", "auto", "--teacher-device", "cpu"], "--teacher-device and --device-map both place"),
+])
+def test_cache_teacher_bad_placement_is_one_line_and_writes_nothing(setup, tmp_path, options, message):
+    done = run_workbench("distill", "cache-teacher", "--teacher", setup["teacher"], "--data", setup["data"],
+                         "--out", tmp_path / "cache", *options)
+    assert done.returncode == 2 and done.stderr.startswith(f"error: {message}"), done.stderr
+    assert len(done.stderr.strip().splitlines()) == 1 and not (tmp_path / "cache").exists()

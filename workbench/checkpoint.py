@@ -18,7 +18,7 @@ import os
 import shutil
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Iterable, Iterator
+from typing import Callable, Iterable, Iterator
 
 import torch
 
@@ -437,7 +437,8 @@ def unique_state_dict(model: torch.nn.Module) -> dict[str, torch.Tensor]:
     tensors = {}
     tied = set(getattr(model, "all_tied_weights_keys", {}) or {})
     for name, tensor in model.state_dict().items():
-        key = tensor.untyped_storage().data_ptr() if tensor.numel() else id(tensor)
+        local = tensor.to_local() if hasattr(tensor, "to_local") else tensor  # a DTensor shard
+        key = local.untyped_storage().data_ptr() if local.numel() else id(tensor)
         if name in tied or (key in seen and tensor.numel()):
             continue
         seen.add(key)
@@ -456,14 +457,16 @@ def save_model(
     overwrite: bool = False,
     max_shard_bytes: int = DEFAULT_MAX_SHARD_BYTES,
     extra_files: dict[str, str] | None = None,
+    materialize: Callable[[torch.Tensor], torch.Tensor] | None = None,
 ) -> Checkpoint:
     """Write an in-memory transformers model as a checkpoint (config, weights, tokenizer,
-    generation config, lineage), atomically."""
+    generation config, lineage), atomically. ``materialize`` turns each state-dict tensor into
+    the whole tensor to write, one at a time (an FSDP model's shards are gathered that way)."""
     tensors = unique_state_dict(model)
     plan = [PlannedTensor(n, tuple(t.shape), dtype or t.dtype) for n, t in tensors.items()]
     with CheckpointWriter(out_dir, plan, overwrite=overwrite, max_shard_bytes=max_shard_bytes) as writer:
         for name, tensor in tensors.items():
-            writer.write(name, tensor)
+            writer.write(name, materialize(tensor) if materialize else tensor)
         if support_from is not None:
             writer.copy_support_files(support_from)
         if tokenizer is not None:

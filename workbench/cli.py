@@ -10,13 +10,14 @@ Heavy libraries (torch, transformers) are imported inside commands so `--help` i
 
 from __future__ import annotations
 
+import os
 import sys
 
 import click
 
 from workbench import __version__
 from workbench.commands import COMMANDS
-from workbench.errors import WorkbenchError
+from workbench.errors import ConfigError, WorkbenchError
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
@@ -38,28 +39,67 @@ for command in COMMANDS:
 
 def main(argv: list[str] | None = None) -> None:
     args = sys.argv[1:] if argv is None else argv
+    code = run_cli(args)
+    if _in_process_group():
+        _leave_process_group_and_exit(code)
+    if code:
+        sys.exit(code)
+
+
+def run_cli(args: list[str]) -> int:
+    """Run one command; the exit code (0, 2 for a WorkbenchError, ...)."""
     debug = "--debug" in args
     try:
         cli.main(args=args, prog_name="workbench", standalone_mode=False)
     except WorkbenchError as exc:
         if debug:
             raise
-        click.echo(f"error: {exc}", err=True)
-        sys.exit(exc.exit_code)
+        rank = os.environ.get("RANK", "0")
+        if rank == "0":
+            click.echo(f"error: {exc}", err=True)
+        elif not isinstance(exc, ConfigError):  # bad input is checked alike on every rank: said once
+            click.echo(f"error (rank {rank}): {exc}", err=True)
+        return exc.exit_code
     except click.exceptions.Abort:
         click.echo("aborted", err=True)
-        sys.exit(130)
+        return 130
     except click.exceptions.NoArgsIsHelpError as exc:
         exc.show()
-        sys.exit(exc.exit_code)
+        return exc.exit_code
     except click.ClickException as exc:
         click.echo(f"error: {click_error_line(exc)}", err=True)
-        sys.exit(2)
+        return 2
     except click.exceptions.Exit as exc:
-        sys.exit(exc.exit_code)
+        return exc.exit_code
     except KeyboardInterrupt:
         click.echo("interrupted", err=True)
-        sys.exit(130)
+        return 130
+    return 0
+
+
+def _in_process_group() -> bool:
+    if "torch" not in sys.modules:
+        return False
+    import torch.distributed as dist
+
+    return dist.is_available() and dist.is_initialized()
+
+
+def _leave_process_group_and_exit(code: int) -> None:
+    """Leave torchrun's process group and end the process without running interpreter teardown.
+
+    gloo's background threads can still be alive when the interpreter destroys its static
+    objects, and the process then aborts with "terminate called without an active exception"
+    (SIGABRT, exit 134) after the work is done and written (an open PyTorch issue). Everything
+    this process had to do is finished and flushed here, so it skips that teardown."""
+    import torch.distributed as dist
+
+    try:
+        dist.destroy_process_group()
+    finally:
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(code)
 
 
 def click_error_line(exc: click.ClickException) -> str:

@@ -71,8 +71,8 @@ def distill(ctx: click.Context, config_file: str | None, **given) -> None:
     """Distill a teacher into a student on chat data; OUT becomes the distilled student.
 
     Validation reports the KD loss, the student's cross-entropy and its top-1 agreement with the
-    teacher. Re-running the same command resumes. Data-parallel:
-    torchrun --nproc_per_node=N -m workbench distill ...
+    teacher. Re-running the same command resumes. Data-parallel (--fsdp: student and teacher sharded):
+    torchrun --nproc_per_node=N -m workbench distill ... [--fsdp]
     """
     if ctx.invoked_subcommand is not None:
         return
@@ -102,7 +102,11 @@ def distill(ctx: click.Context, config_file: str | None, **given) -> None:
 @click.option("--dtype", type=click.Choice(["float16", "float32"]), default="float16", show_default=True,
               help="Stored log-prob dtype.")
 @click.option("--teacher-dtype", type=click.Choice(["float32", "bfloat16", "float16"]), default=None)
-@click.option("--teacher-device", default="cpu", show_default=True)
+@click.option("--teacher-device", default=None, help="Device of the whole teacher [default: cpu].")
+@click.option("--device-map", default=None,
+              help="Spread a teacher that fits no single device: auto (every GPU, then CPU, then disk) or "
+                   "a list such as cuda:0,cuda:1 or cpu,disk (accelerate's big-model placement).")
+@click.option("--max-memory", default=None, help="With --device-map: memory per device, e.g. cuda:0=20GiB,cpu=8GiB.")
 @click.option("--batch-size", type=int, default=8, show_default=True, help="Examples per teacher forward pass.")
 @click.option("--overwrite", is_flag=True, help="Replace OUT if it exists.")
 def cache_teacher(**options) -> None:

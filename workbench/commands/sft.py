@@ -29,6 +29,8 @@ HELP = {
     "seed": "Seed for shuffling, the validation split, LoRA init and dropout.",
     "precision": "auto (bf16 on a GPU that has it) | bf16 (autocast) | fp32.",
     "packing": "Pack several examples per row (attention stays within each example).",
+    "fsdp": "Shard model, gradients and optimizer state over torchrun's processes (FSDP2) instead "
+            "of replicating them (docs/distributed.md).",
     "eval_every": "Also validate every N steps (0: only at epoch ends).",
     "save_every": "Also checkpoint every N steps (0: only at epoch ends and new best).",
     "keep_last": "Training checkpoints kept (the best is kept too).",
@@ -50,7 +52,7 @@ def sft(config_file: str | None, **given) -> None:
     """Fine-tune a checkpoint on chat data; OUT becomes a checkpoint (LoRA merged, adapter in OUT/adapter).
 
     Re-running the same command resumes an interrupted run. Data-parallel:
-    torchrun --nproc_per_node=N -m workbench sft ...
+    torchrun --nproc_per_node=N -m workbench sft ... [--fsdp]
     """
     from workbench import sft as engine
 

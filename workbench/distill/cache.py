@@ -173,15 +173,18 @@ def check_out_dir(out: str | os.PathLike, overwrite: bool) -> None:
 def build_teacher_cache(teacher: str, data: str, out: str, *, top_k: int = 64, val_data: str | None = None,
                         val_split: float = 0.1, max_length: int = 1024, truncation: str = "truncate",
                         seed: int = 0, temperature: float = 1.0, dtype: str = "float16",
-                        teacher_dtype: str | None = None, teacher_device: str = "cpu", batch_size: int = 8,
+                        teacher_dtype: str | None = None, teacher_device: str | None = None,
+                        device_map: str | None = None, max_memory: str | None = None, batch_size: int = 8,
                         chunk_size: int = 0, overwrite: bool = False) -> dict:
     """Run the teacher over the train and validation examples that `workbench distill` makes
     from ``data`` with the same settings, and write the cache; returns its manifest (with
-    tokens and bytes_per_token). Distilling with it needs the same data settings and temperature."""
-    from workbench.data import pad_collate, prepare_datasets
+    tokens and bytes_per_token). Distilling with it needs the same data settings and temperature.
+    ``device_map`` spreads a teacher that fits no single device (``workbench.distill.placement``)."""
+    from workbench.data import prepare_datasets
     from workbench.distill.objective import output_weight
+    from workbench.distill.placement import (head_weight, load_placed_model, offload_dir_for, parse_devices,
+                                             parse_max_memory)
     from workbench.modeling import load_model, load_tokenizer
-    from workbench.training.objectives import supervised_hidden_states
 
     teacher_ckpt = Checkpoint(teacher)
     vocab = teacher_ckpt.vocab_size
@@ -190,26 +193,31 @@ def build_teacher_cache(teacher: str, data: str, out: str, *, top_k: int = 64, v
     if not temperature > 0:
         raise ConfigError(f"temperature must be > 0, got {temperature!r}")
     logprob_dtype = parse_dtype(dtype)
+    if device_map and teacher_device:
+        raise ConfigError("--teacher-device and --device-map both place the teacher: pick one")
+    if max_memory and not device_map:
+        raise ConfigError("--max-memory caps what --device-map puts on each device: give --device-map too")
+    if device_map:
+        parse_max_memory(max_memory, parse_devices(device_map))  # bad devices fail before anything is read
     check_out_dir(out, overwrite)
     tokenizer = load_tokenizer(teacher_ckpt.path)
     train_examples, val_examples, _ = prepare_datasets(
         data, tokenizer, max_length, val_path=val_data, val_split=val_split, seed=seed, truncation=truncation)
     examples = train_examples + val_examples
-    model = load_model(teacher_ckpt.path, dtype=parse_dtype(teacher_dtype), device=teacher_device)
-    weight = output_weight(model).detach().float()
-    tokens_per_chunk = LossSpec(chunk_size=chunk_size).chunk_tokens(weight.shape[0])
-    pieces, keys, first_rows, row = [], [], [], 0
-    for start in range(0, len(examples), batch_size):
-        chunk = examples[start:start + batch_size]
-        batch = {k: v.to(teacher_device) for k, v in pad_collate(chunk, pad_id=tokenizer.pad_token_id or 0).items()}
-        with torch.no_grad():
-            hidden, _ = supervised_hidden_states(model, batch)
-        pieces.append(teacher_topk(hidden, weight, top_k, temperature, tokens_per_chunk))
-        for example in chunk:
-            keys.append(example_key(example))
-            first_rows.append(row)
-            row += supervised_next_tokens(example)
-    cached = SparseTeacher(*(torch.cat([p[i] for p in pieces]).cpu() for i in range(3)))
+    offload_dir = offload_dir_for(out)
+    try:
+        if device_map:
+            model = load_placed_model(teacher_ckpt.path, parse_dtype(teacher_dtype), device_map, max_memory,
+                                      offload_dir)
+            output_weight(model)  # refuses heads the loss cannot reproduce
+            weight = head_weight(teacher_ckpt, model).to(parse_dtype(teacher_dtype) or model.dtype).float()
+        else:
+            model = load_model(teacher_ckpt.path, dtype=parse_dtype(teacher_dtype), device=teacher_device or "cpu")
+            weight = output_weight(model).detach().float()
+        cached, keys, first_rows = run_teacher(model, weight, examples, tokenizer, top_k, temperature, batch_size,
+                                               chunk_size)
+    finally:
+        shutil.rmtree(offload_dir, ignore_errors=True)
     manifest = {
         "format": FORMAT, "teacher": str(teacher_ckpt.path), "teacher_fingerprint": teacher_ckpt.fingerprint(),
         "data": str(data), "data_fingerprint": file_fingerprint(data),
@@ -219,3 +227,30 @@ def build_teacher_cache(teacher: str, data: str, out: str, *, top_k: int = 64, v
         "val_split": val_split, "seed": seed, "examples": len(examples),
     }
     return write_cache(out, manifest, cached, keys, first_rows, logprob_dtype)
+
+
+def run_teacher(model, weight: torch.Tensor, examples, tokenizer, top_k: int, temperature: float, batch_size: int,
+                chunk_size: int) -> tuple[SparseTeacher, list[int], list[int]]:
+    """The teacher's top-k rows for every supervised token of the examples, in order, with each
+    example's content key and first row. Batches start where the model's embedding is (a placed
+    model moves the activations along its devices)."""
+    from workbench.data import pad_collate
+    from workbench.training.objectives import supervised_hidden_states
+
+    device = model.get_input_embeddings().weight.device
+    device = torch.device("cpu") if device.type == "meta" else device
+    weight = weight.to(device)
+    tokens_per_chunk = LossSpec(chunk_size=chunk_size).chunk_tokens(weight.shape[0])
+    pieces, keys, first_rows, row = [], [], [], 0
+    for start in range(0, len(examples), batch_size):
+        chunk = examples[start:start + batch_size]
+        batch = {k: v.to(device) for k, v in pad_collate(chunk, pad_id=tokenizer.pad_token_id or 0).items()}
+        with torch.no_grad():
+            hidden, _ = supervised_hidden_states(model, batch)
+        pieces.append(teacher_topk(hidden.to(device), weight, top_k, temperature, tokens_per_chunk))
+        for example in chunk:
+            keys.append(example_key(example))
+            first_rows.append(row)
+            row += supervised_next_tokens(example)
+    cached = SparseTeacher(*(torch.cat([p[i] for p in pieces]).cpu() for i in range(3)))
+    return cached, keys, first_rows

@@ -50,6 +50,11 @@ class DistillConfig(TrainingConfig):
         if self.teacher_top_k and self.teacher_cache:
             raise ConfigError("teacher_top_k applies to the online teacher; a teacher cache already holds "
                               "its own top-k (drop one of them)")
+        if self.fsdp and self.teacher_device:
+            raise ConfigError("fsdp shards the teacher over the same devices as the student; drop teacher_device")
+        if self.fsdp and self.on_policy:
+            raise ConfigError("on_policy sampling is not supported with fsdp (generation from a sharded "
+                              "student); use data parallelism (torchrun without --fsdp) or on_policy 0")
         if self.teacher_dtype is not None and self.teacher_dtype not in TEACHER_DTYPES:
             raise ConfigError(f"teacher_dtype must be one of {', '.join(TEACHER_DTYPES)}, got {self.teacher_dtype!r}")
 
@@ -82,4 +87,6 @@ class DistillConfig(TrainingConfig):
         fields = self.training_fields()
         for volatile in ("resume", "overwrite", "progress", "out", "teacher_device", "chunk_size"):
             fields.pop(volatile)
+        if not fields["fsdp"]:
+            fields.pop("fsdp")  # runs from before --fsdp existed keep their identity
         return fields

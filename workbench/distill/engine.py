@@ -22,8 +22,9 @@ from workbench.distill.on_policy import OnPolicyObjective, stop_token_ids
 from workbench.distill.student import LINEAGE_KIND as STUDENT_INIT
 from workbench.training import setup_distributed, train
 from workbench.training.distributed import barrier
+from workbench.training.fsdp import ShardedTeacher, check_fsdp_launch, empty_model
 from workbench.training.events import plot_loss_curve
-from workbench.training.rundir import check_run_dir, start_run_dir, write_final_model
+from workbench.training.rundir import check_resume_from, check_run_dir, start_run_dir, write_final_model
 
 
 def run(config: DistillConfig) -> Checkpoint:
@@ -34,6 +35,7 @@ def run(config: DistillConfig) -> Checkpoint:
 
     config.validate()
     ctx = setup_distributed()
+    check_fsdp_launch(config, ctx)
     student = Checkpoint(config.student)
     teacher = Checkpoint(config.teacher) if config.teacher else None
     tokenizer = load_tokenizer(student.path)
@@ -82,31 +84,36 @@ def run(config: DistillConfig) -> Checkpoint:
         collate = cached_collate(collate, cache)
         objective = DistillObjective(config.loss_spec)
     else:
-        teacher_model = load_model(teacher.path, dtype=parse_dtype(config.teacher_dtype),
-                                   device=config.teacher_device or str(ctx.device))
+        if config.fsdp:  # each rank reads only its shards of the teacher
+            teacher_model = ShardedTeacher(empty_model(teacher.path, parse_dtype(config.teacher_dtype)),
+                                           ctx, config.precision)
+        else:
+            teacher_model = load_model(teacher.path, dtype=parse_dtype(config.teacher_dtype),
+                                       device=config.teacher_device or str(ctx.device))
         objective = DistillObjective(config.loss_spec, teacher_model, device=ctx.device)
 
     torch.manual_seed(config.seed)
-    model = load_model(student.path, dtype=torch.float32)
+    model = empty_model(student.path, torch.float32) if config.fsdp else load_model(student.path, dtype=torch.float32)
     eval_objective = objective
     if config.on_policy:
         objective = OnPolicyObjective(
             objective, fraction=config.on_policy, max_new_tokens=config.max_new_tokens,
             temperature=config.sample_temperature, max_length=config.max_length, pad_id=pad_id,
             eos_ids=stop_token_ids(model, tokenizer))
+    if status == "continue":
+        check_resume_from(out, ctx, config.fsdp)
     barrier(ctx)  # every rank has checked its inputs; only now is anything written
     if ctx.is_main:
         start_run_dir(out, identity, status, config.overwrite)
     barrier(ctx)
     result = train(model, train_rows, val_rows, collate, config, out, ctx, objective, eval_objective)
+    lineage = None
     if ctx.is_main:
         plot_loss_curve(out)
         lineage = make_lineage("distill", parameters=config.run_identity(), inputs=inputs,
                                metrics={**result.metrics, "data": stats.to_dict()})
-        write_final_model(model, out, student, lineage)
+    write_final_model(model, out, student, lineage, ctx)
     barrier(ctx)
-    if ctx.enabled:
-        torch.distributed.destroy_process_group()
     return Checkpoint(out)
 
 

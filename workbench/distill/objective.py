@@ -2,15 +2,20 @@
 
 The student's and teacher's final hidden states at the supervised positions go through the
 chunked loss with their lm_head weights, so the [tokens x vocab] logits never exist whole.
-The teacher runs in eval mode without gradients, in its own dtype and on its own device.
+The teacher runs in eval mode without gradients, in its own dtype and on its own device, or,
+under --fsdp, sharded over the ranks like the student (its lm_head weight gathered whole for
+each micro-batch's loss and dropped after it).
 """
 
 from __future__ import annotations
+
+from contextlib import contextmanager
 
 import torch
 
 from workbench.distill.losses import DenseTeacher, LossSpec, SparseTeacher, distill_loss
 from workbench.errors import ConfigError
+from workbench.training.fsdp import ShardedTeacher
 from workbench.training.loop import to_device
 from workbench.training.objectives import supervised_hidden_states, unwrap
 
@@ -50,19 +55,29 @@ class DistillObjective:
     def __init__(self, spec: LossSpec, teacher: torch.nn.Module | None = None, device: torch.device | None = None):
         self.spec = spec
         self.teacher = teacher
-        if teacher is not None:
+        self.sharded = isinstance(teacher, ShardedTeacher)
+        if teacher is not None and not self.sharded:
             teacher.eval().requires_grad_(False)
             self.teacher_device = next(teacher.parameters()).device
             self.teacher_weight = output_weight(teacher).detach().to(device)
 
     def __call__(self, model, batch: dict):
         hidden, targets = supervised_hidden_states(model, batch)
+        with self.teacher_for(batch, hidden.device) as teacher:
+            loss, stats = distill_loss(hidden, output_weight(model), teacher, targets, self.spec)
+        return loss, stats.tokens, stats.correct, {
+            "kd_loss": stats.kd, "student_ce": stats.ce, "teacher_agreement": stats.agree}
+
+    @contextmanager
+    def teacher_for(self, batch: dict, device: torch.device):
+        """The teacher's side of the loss for this batch, valid inside the block (a sharded
+        teacher stays gathered for it: the chunked loss reads its lm_head weight)."""
         if self.teacher is None:
-            teacher = SparseTeacher(*(batch[key] for key in CACHED_TEACHER_KEYS), batch.get("teacher_vocab"))
+            yield SparseTeacher(*(batch[key] for key in CACHED_TEACHER_KEYS), batch.get("teacher_vocab"))
+        elif self.sharded:  # every rank runs its batch through the sharded teacher, gathering layer by layer
+            with self.teacher.gathered(batch) as (teacher_hidden, teacher_weight):
+                yield DenseTeacher(teacher_hidden, teacher_weight)
         else:
             with torch.no_grad():
                 teacher_hidden, _ = supervised_hidden_states(self.teacher, to_device(batch, self.teacher_device))
-            teacher = DenseTeacher(teacher_hidden.to(hidden.device), self.teacher_weight)
-        loss, stats = distill_loss(hidden, output_weight(model), teacher, targets, self.spec)
-        return loss, stats.tokens, stats.correct, {
-            "kd_loss": stats.kd, "student_ce": stats.ce, "teacher_agreement": stats.agree}
+            yield DenseTeacher(teacher_hidden.to(device), self.teacher_weight)

@@ -53,4 +53,6 @@ class SFTConfig(TrainingConfig):
         fields = self.training_fields()
         for volatile in ("resume", "overwrite", "progress", "out"):
             fields.pop(volatile)
+        if not fields["fsdp"]:
+            fields.pop("fsdp")  # runs from before --fsdp existed keep their identity
         return fields

@@ -18,11 +18,12 @@ from workbench import atomic
 from workbench.checkpoint import Checkpoint, file_fingerprint, make_lineage
 from workbench.errors import ConfigError
 from workbench.sft.config import ADAPTER_DIR, SFTConfig
-from workbench.sft.lora import apply_lora
+from workbench.sft.lora import apply_lora, unsharded_lora_copy
 from workbench.training import causal_lm_objective, setup_distributed, train
 from workbench.training.distributed import barrier
+from workbench.training.fsdp import check_fsdp_launch, empty_model
 from workbench.training.events import plot_loss_curve
-from workbench.training.rundir import check_run_dir, start_run_dir, write_final_model
+from workbench.training.rundir import check_resume_from, check_run_dir, start_run_dir, write_final_model
 
 
 def run(config: SFTConfig) -> Checkpoint:
@@ -32,6 +33,7 @@ def run(config: SFTConfig) -> Checkpoint:
 
     config.validate()
     ctx = setup_distributed()
+    check_fsdp_launch(config, ctx)
     base = Checkpoint(config.model)
     out = Path(config.out)
     if out.resolve() == base.path.resolve():
@@ -54,15 +56,23 @@ def run(config: SFTConfig) -> Checkpoint:
         collate = partial(pad_collate, pad_id=tokenizer.pad_token_id or 0)
 
     torch.manual_seed(config.seed)  # the same LoRA initialization on every rank and every resume
-    model = load_model(base.path, dtype=torch.float32)
+    if config.fsdp and not config.lora_rank:  # each rank reads only its shards
+        model = empty_model(base.path, torch.float32)
+    else:  # LoRA under FSDP: the whole base per rank while peft wraps it, then sharded
+        model = load_model(base.path, dtype=torch.float32)
     if config.lora_rank:
         model = apply_lora(model, config.lora_rank, config.lora_alpha, config.lora_dropout, config.target_modules)
 
+    if status == "continue":
+        check_resume_from(out, ctx, config.fsdp)
     barrier(ctx)  # every rank has checked its inputs; only now is anything written
     if ctx.is_main:
         start_run_dir(out, identity, status, config.overwrite)
     barrier(ctx)
     result = train(model, train_rows, val_rows, collate, config, out, ctx, causal_lm_objective)
+    if config.fsdp and config.lora_rank:
+        model = unsharded_lora_copy(model, base, config, ctx)  # rank 0 merges and writes as without FSDP
+    lineage = None
     if ctx.is_main:
         plot_loss_curve(out)
         lineage = make_lineage(
@@ -72,10 +82,9 @@ def run(config: SFTConfig) -> Checkpoint:
         if config.lora_rank:
             write_adapter(model, out)
             model = model.merge_and_unload()
-        write_final_model(model, out, base, lineage)
+    if model is not None:
+        write_final_model(model, out, base, lineage, ctx)
     barrier(ctx)
-    if ctx.enabled:
-        torch.distributed.destroy_process_group()
     return Checkpoint(out)
 
 

@@ -38,3 +38,23 @@ def apply_lora(model: torch.nn.Module, rank: int, alpha: float, dropout: float, 
         # peft asks transformers 5 a deprecated question; the user can do nothing about it.
         warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
         return get_peft_model(model, config)
+
+
+def unsharded_lora_copy(model, base, config, ctx):
+    """After LoRA training under FSDP: every rank joins the gather of the adapter weights (small);
+    rank 0 returns a plain peft model, the base read again from its checkpoint with the trained
+    adapter in it, to merge and write; the other ranks return None."""
+    from workbench.modeling import load_model
+    from workbench.training.fsdp import full_tensor
+
+    adapter = {name: full_tensor(param).detach().cpu() for name, param in model.named_parameters()
+               if param.requires_grad}
+    if not ctx.is_main:
+        return None
+    plain = apply_lora(load_model(base.path, dtype=torch.float32), config.lora_rank, config.lora_alpha,
+                       config.lora_dropout, config.target_modules)
+    params = dict(plain.named_parameters())
+    with torch.no_grad():
+        for name, value in adapter.items():
+            params[name].copy_(value)
+    return plain

@@ -32,6 +32,7 @@ class TrainingConfig:
     seed: int = 0
     precision: str = "auto"
     packing: bool = False
+    fsdp: bool = False
     eval_every: int = 0
     save_every: int = 0
     keep_last: int = 3
@@ -65,6 +66,8 @@ class TrainingConfig:
             raise ConfigError(f"schedule must be one of {', '.join(SCHEDULES)}, got {self.schedule!r}")
         if self.precision not in PRECISIONS:
             raise ConfigError(f"precision must be one of {', '.join(PRECISIONS)}, got {self.precision!r}")
+        if self.fsdp and not isinstance(self.fsdp, bool):
+            raise ConfigError(f"fsdp must be true or false, got {self.fsdp!r}")
         if self.resume and self.overwrite:
             raise ConfigError("resume and overwrite exclude each other: pick one")
 

@@ -60,17 +60,18 @@ class TrainResult:
 
 
 class ObjectiveModule(torch.nn.Module):
-    """Puts the objective inside forward(), so DistributedDataParallel sees one module call
-    per micro-batch however the objective reaches into the model. The objective itself is
-    not registered as a submodule (a distillation teacher must not be synchronized)."""
+    """Puts the objective inside forward(), so DistributedDataParallel and FSDP see one module
+    call per micro-batch however the objective reaches into the model (FSDP gathers the root's
+    parameters for exactly that call). The objective itself is not registered as a submodule
+    (a distillation teacher must not be synchronized); validation passes its own."""
 
     def __init__(self, model: torch.nn.Module, objective: Objective):
         super().__init__()
         self.model = model
         object.__setattr__(self, "objective", objective)
 
-    def forward(self, batch: dict):
-        return self.objective(self.model, batch)
+    def forward(self, batch: dict, objective: Objective | None = None):
+        return (objective or self.objective)(self.model, batch)
 
 
 @dataclass(frozen=True)
@@ -111,8 +112,11 @@ class StepPlan:
         return [mine[i * self.batch_size:(i + 1) * self.batch_size] for i in range(self.grad_accum)]
 
 
-def autocast_context(precision: str, device: torch.device):
-    """bf16 autocast when asked for (or, for 'auto', on a GPU that supports it); else fp32."""
+def autocast_context(precision: str, device: torch.device, fsdp: bool = False):
+    """bf16 autocast when asked for (or, for 'auto', on a GPU that supports it); else fp32.
+    Under FSDP its MixedPrecisionPolicy casts the parameters instead (``training.fsdp``)."""
+    if fsdp:
+        return nullcontext()
     gpu_bf16 = device.type == "cuda" and torch.cuda.is_bf16_supported()
     if precision == "bf16" and device.type == "cuda" and not gpu_bf16:
         raise ConfigError("precision bf16: this GPU does not support bfloat16; use fp32")
@@ -138,7 +142,7 @@ def accumulate_gradients(runner, micro: list[dict], config: TrainingConfig, ctx:
     gradient of (sum of token losses of the global batch) / (its supervised tokens).
 
     The supervised tokens of every micro-batch on every rank are counted before any forward
-    pass. DistributedDataParallel averages gradients over ranks, hence the world_size factor.
+    pass. DDP and FSDP average gradients over ranks, hence the world_size factor.
     Returns the global loss sum, correct-token count and supervised-token count.
     """
     local = torch.tensor([float(sum(count_supervised(b) for b in micro))], device=ctx.device)
@@ -148,8 +152,9 @@ def accumulate_gradients(runner, micro: list[dict], config: TrainingConfig, ctx:
     totals = torch.zeros(2, dtype=torch.float64, device=ctx.device)
     for i, batch in enumerate(micro):
         last = i == len(micro) - 1
-        with nullcontext() if last or not ctx.enabled else runner.no_sync():
-            with autocast_context(config.precision, ctx.device):
+        # DDP all-reduces once per step; FSDP reduce-scatters every micro-batch (sharded gradients)
+        with nullcontext() if last or not hasattr(runner, "no_sync") else runner.no_sync():
+            with autocast_context(config.precision, ctx.device, config.fsdp):
                 loss_sum, _, correct, *_ = runner(batch)
             (loss_sum * (ctx.world_size / global_supervised)).backward()
         totals += torch.stack([loss_sum.detach().double(), torch.as_tensor(correct).double()])
@@ -158,25 +163,33 @@ def accumulate_gradients(runner, micro: list[dict], config: TrainingConfig, ctx:
 
 
 @torch.no_grad()
-def evaluate(model, rows: Sequence, collate, objective: Objective, batch_size: int,
+def evaluate(runner: ObjectiveModule, rows: Sequence, collate, objective: Objective, batch_size: int,
              config: TrainingConfig, ctx: Dist) -> tuple[float, float, dict[str, float]]:
     """Mean loss, token accuracy and extra metrics over all supervised tokens of the validation
     rows. An objective may return a 4th element, a dict of sums over its supervised tokens
     (a distillation objective's KD loss, student cross-entropy, teacher agreement): each is
-    reported as its mean per supervised token."""
-    model.eval()
+    reported as its mean per supervised token.
+
+    Every rank runs the same number of forward passes, because under FSDP each one gathers
+    parameters with all the others: a rank whose share ran out repeats its last batch (or the
+    first rows) and discards the result."""
+    runner.eval()
     mine = list(range(ctx.rank, len(rows), ctx.world_size))
+    passes = math.ceil(math.ceil(len(rows) / ctx.world_size) / batch_size)
     totals, extra_names = None, []
-    for start in range(0, len(mine), batch_size):
-        batch = to_device(collate([rows[i] for i in mine[start:start + batch_size]]), ctx.device)
-        with autocast_context(config.precision, ctx.device):
-            loss_sum, count, correct, *more = objective(model, batch)
+    for index in range(passes):
+        ids = mine[index * batch_size:(index + 1) * batch_size]
+        batch = to_device(collate([rows[i] for i in ids or mine[-batch_size:] or [0]]), ctx.device)
+        with autocast_context(config.precision, ctx.device, config.fsdp):
+            loss_sum, count, correct, *more = runner(batch, objective)
         extra = more[0] if more else {}
         extra_names = sorted(extra)
         values = [float(loss_sum), float(count), float(correct)] + [float(extra[k]) for k in extra_names]
-        step_totals = torch.tensor(values, dtype=torch.float64, device=ctx.device)
+        step_totals = torch.tensor(values, dtype=torch.float64, device=ctx.device) * bool(ids)
         totals = step_totals if totals is None else totals + step_totals
-    model.train()
+    runner.train()
+    if hasattr(runner, "reshard"):
+        runner.reshard()  # FSDP keeps the root gathered after a forward that no backward follows
     if totals is None:  # this rank got no validation row
         totals = torch.zeros(3, dtype=torch.float64, device=ctx.device)
     loss_sum, count, correct, *extra_sums = all_reduce_sum(totals, ctx).tolist()
@@ -200,16 +213,21 @@ def train(model: torch.nn.Module, train_rows: Sequence, val_rows: Sequence, coll
     checkpoints_dir = run_dir / CHECKPOINTS_DIR
     training_fields = config.training_fields()
 
-    model.to(ctx.device)
     model.train()
-    optimizer = build_optimizer(model, config, ctx.device)
-    scheduler = build_scheduler(optimizer, config, total_steps)
-    runner = ObjectiveModule(model, objective)
-    if ctx.enabled:
+    objective_module = runner = ObjectiveModule(model, objective)
+    if config.fsdp:
+        from workbench.training.fsdp import shard_model
+
+        shard_model(objective_module, model, ctx, config.precision)  # in place: parameters become shards
+    else:
+        model.to(ctx.device)
+    if ctx.enabled and not config.fsdp:
         from torch.nn.parallel import DistributedDataParallel
 
         runner = DistributedDataParallel(
-            runner, device_ids=[ctx.device.index] if ctx.device.type == "cuda" else None)
+            objective_module, device_ids=[ctx.device.index] if ctx.device.type == "cuda" else None)
+    optimizer = build_optimizer(model, config, ctx.device)
+    scheduler = build_scheduler(optimizer, config, total_steps)
 
     resume_from = latest_checkpoint(checkpoints_dir, ctx)
     if resume_from is not None:
@@ -256,7 +274,7 @@ def train(model: torch.nn.Module, train_rows: Sequence, val_rows: Sequence, coll
         epoch_end = state.step % plan.steps_per_epoch == 0 or state.step == total_steps
         improved = False
         if val_rows and (epoch_end or (config.eval_every and state.step % config.eval_every == 0)):
-            valid_loss, valid_accuracy, valid_extra = evaluate(model, val_rows, collate, eval_objective,
+            valid_loss, valid_accuracy, valid_extra = evaluate(objective_module, val_rows, collate, eval_objective,
                                                                config.batch_size, config, ctx)
             if not math.isfinite(valid_loss):
                 raise diverged(checkpoints_dir, state.step,

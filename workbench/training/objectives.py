@@ -32,7 +32,7 @@ def supervised_hidden_states(model, batch: dict) -> tuple[torch.Tensor, torch.Te
     """Final hidden states [N, hidden] at the positions whose next token is supervised,
     and those N target ids."""
     hidden = unwrap(model).get_decoder()(**model_inputs(batch)).last_hidden_state
-    targets = batch["labels"][:, 1:]
+    targets = batch["labels"][:, 1:].to(hidden.device)  # a model spread over devices ends on its last one
     mask = targets != IGNORE_INDEX
     return hidden[:, :-1][mask], targets[mask]
 

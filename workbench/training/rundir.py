@@ -14,8 +14,9 @@ import json
 from pathlib import Path
 
 from workbench import atomic
-from workbench.checkpoint import CONFIG_FILE, Checkpoint, parse_dtype, save_model
+from workbench.checkpoint import CONFIG_FILE, Checkpoint, parse_dtype, save_model, unique_state_dict
 from workbench.errors import ConfigError
+from workbench.training.distributed import Dist
 
 RUN_FILE = "run.json"
 
@@ -51,6 +52,17 @@ def check_run_dir(out: Path, identity: dict, *, resume: bool, overwrite: bool) -
     return "continue"
 
 
+def check_resume_from(out: Path, ctx: Dist, fsdp: bool) -> None:
+    """A run to continue must resume from a checkpoint this launch can load (same number of
+    processes, same sharding): checked before OUT is touched."""
+    from workbench.training.loop import CHECKPOINTS_DIR
+    from workbench.training.state import check_resumable, list_checkpoints
+
+    found = list_checkpoints(out / CHECKPOINTS_DIR)
+    if found:
+        check_resumable(found[-1], ctx, fsdp)
+
+
 def start_run_dir(out: Path, identity: dict, status: str, overwrite: bool) -> None:
     """Create (or, with --overwrite, empty and recreate) OUT and record the run's identity."""
     if status == "new" and overwrite and out.exists():
@@ -61,13 +73,27 @@ def start_run_dir(out: Path, identity: dict, status: str, overwrite: bool) -> No
     atomic.write_json(out / RUN_FILE, identity)
 
 
-def write_final_model(model, out: Path, base: Checkpoint, lineage: dict) -> None:
+def write_final_model(model, out: Path, base: Checkpoint, lineage: dict, ctx: Dist | None = None) -> None:
     """Make OUT a checkpoint: the model's weights in the base model's dtype, the base's tokenizer,
     chat template and generation config, lineage. Written in a staging directory beside OUT and
     moved in with config.json last, so OUT never looks like a partial checkpoint; a kill
     mid-way leaves OUT a run without config.json (the next run writes the model again) and a
-    staging leftover that the next run's ``check_run_dir`` removes."""
+    staging leftover that the next run's ``check_run_dir`` removes.
+
+    Called on every rank. A model sharded with FSDP is gathered one tensor at a time (each rank
+    joins every gather; rank 0 writes the tensor from the CPU and drops it), so memory stays
+    bounded by the writer's largest tensor, never the whole model; other models rank 0 writes."""
+    from workbench.training.fsdp import full_tensor, is_sharded
+
+    ctx = ctx or Dist()
+    sharded = is_sharded(model)
+    if not ctx.is_main:
+        if sharded:
+            for tensor in unique_state_dict(model).values():
+                full_tensor(tensor)
+        return
     staging = atomic.hidden_sibling(out, atomic.STAGING)
     dtype = parse_dtype(base.config.get("dtype") or base.config.get("torch_dtype") or "float32")
-    save_model(model, staging, lineage=lineage, support_from=base.path, dtype=dtype)
+    save_model(model, staging, lineage=lineage, support_from=base.path, dtype=dtype,
+               materialize=(lambda tensor: full_tensor(tensor).cpu()) if sharded else None)
     atomic.move_files_into(staging, out, last=CONFIG_FILE)

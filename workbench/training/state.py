@@ -1,7 +1,8 @@
 """Training checkpoints under RUN_DIR/checkpoints/step-NNNNNNN/, written atomically.
 
 Each holds what exact resume needs: the trainable parameters (all of them, or only the
-adapter), optimizer and scheduler state, the loop's counters (the step fixes the data
+adapter) and optimizer state (under --fsdp: every rank's shards of both, through DCP in
+``sharded/``, see ``workbench.training.dcp``), scheduler state, the loop's counters (the step fixes the data
 position, because the shuffle order is a pure function of seed and epoch) and every RNG
 state, one file per rank. Every write goes through ``workbench.atomic``: a checkpoint appears
 only once complete and disappears by a rename, so a run killed at any instant resumes from the
@@ -23,7 +24,10 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from workbench import atomic
+from workbench.errors import ConfigError
+from workbench.training.dcp import SHARDED_DIR, load_sharded, save_sharded
 from workbench.training.distributed import Dist, barrier, broadcast_object
+from workbench.training.fsdp import is_sharded
 
 PREFIX = "step-"
 DIVERGED_PREFIX = "diverged-"
@@ -86,11 +90,17 @@ def save_checkpoint(checkpoints_dir: Path, model, optimizer, scheduler, state: L
     staging = atomic.new_staging_dir(final) if ctx.is_main else None
     staging = broadcast_object(staging, ctx)
     torch.save(capture_rng(), staging / f"rng-rank{ctx.rank}.pt")
+    sharded = is_sharded(model)
+    if sharded:  # collective: every rank writes its shards
+        save_sharded(staging, model, optimizer)
     barrier(ctx)
     if ctx.is_main:
-        save_file(trainable_state(model), str(staging / "trainable.safetensors"))
-        torch.save({"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict()},
-                   staging / "optimizer.pt")
+        if sharded:
+            torch.save({"scheduler": scheduler.state_dict()}, staging / "optimizer.pt")
+        else:
+            save_file(trainable_state(model), str(staging / "trainable.safetensors"))
+            torch.save({"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict()},
+                       staging / "optimizer.pt")
         (staging / "state.json").write_text(json.dumps(
             {"loop": asdict(state), "world_size": ctx.world_size, "config": config}, indent=2))
         atomic.commit_dir(staging, final)
@@ -111,22 +121,35 @@ def write_best(checkpoints_dir: Path, state: LoopState) -> None:
 
 def load_checkpoint(path: Path, model, optimizer, scheduler, ctx: Dist) -> LoopState:
     """Restore parameters, optimizer, scheduler and this rank's RNG from step-N."""
-    record = json.loads((path / "state.json").read_text())
-    if record["world_size"] != ctx.world_size:
-        from workbench.errors import ConfigError
-
-        raise ConfigError(f"{path}: was written by {record['world_size']} processes; resume with the "
-                          f"same number (got {ctx.world_size}) so the data order stays the same")
-    saved = load_file(str(path / "trainable.safetensors"))
-    params = dict(model.named_parameters())
-    with torch.no_grad():
-        for name, value in saved.items():
-            params[name].copy_(value)
+    record = check_resumable(path, ctx, is_sharded(model))
     both = torch.load(path / "optimizer.pt", weights_only=True, map_location=ctx.device)
-    optimizer.load_state_dict(both["optimizer"])
+    if is_sharded(model):
+        load_sharded(path, model, optimizer)
+    else:
+        saved = load_file(str(path / "trainable.safetensors"))
+        params = dict(model.named_parameters())
+        with torch.no_grad():
+            for name, value in saved.items():
+                params[name].copy_(value)
+        optimizer.load_state_dict(both["optimizer"])
     scheduler.load_state_dict(both["scheduler"])
     restore_rng(torch.load(path / f"rng-rank{ctx.rank}.pt", weights_only=True))
     return LoopState(**record["loop"])
+
+
+def check_resumable(path: Path, ctx: Dist, fsdp: bool) -> dict:
+    """Refuse a checkpoint written by another number of processes (the data order and, under
+    FSDP, the shards depend on it) or with the other sharding; its state.json otherwise."""
+    record = json.loads((path / "state.json").read_text())
+    if record["world_size"] != ctx.world_size:
+        raise ConfigError(f"{path}: was written by {record['world_size']} processes and this run has "
+                          f"{ctx.world_size}; resume with {record['world_size']} so the data order "
+                          "(and the shards) stay the same")
+    written_sharded = (path / SHARDED_DIR).is_dir()
+    if written_sharded != fsdp:
+        raise ConfigError(f"{path}: was written {'with' if written_sharded else 'without'} --fsdp; "
+                          f"resume it {'with' if written_sharded else 'without'} --fsdp")
+    return record
 
 
 def latest_checkpoint(checkpoints_dir: Path, ctx: Dist) -> Path | None:
