@@ -182,8 +182,7 @@ def build_teacher_cache(teacher: str, data: str, out: str, *, top_k: int = 64, v
     ``device_map`` spreads a teacher that fits no single device (``workbench.distill.placement``)."""
     from workbench.data import prepare_datasets
     from workbench.distill.objective import output_weight
-    from workbench.distill.placement import (head_weight, load_placed_model, offload_dir_for, parse_devices,
-                                             parse_max_memory)
+    from workbench.distill.placement import head_weight, load_placed_model, parse_devices, parse_max_memory
     from workbench.modeling import load_model, load_tokenizer
 
     teacher_ckpt = Checkpoint(teacher)
@@ -204,11 +203,10 @@ def build_teacher_cache(teacher: str, data: str, out: str, *, top_k: int = 64, v
     train_examples, val_examples, _ = prepare_datasets(
         data, tokenizer, max_length, val_path=val_data, val_split=val_split, seed=seed, truncation=truncation)
     examples = train_examples + val_examples
-    offload_dir = offload_dir_for(out)
-    try:
+    with atomic.scratch_dir(out) as offload_dir:  # disk offload of a placed teacher, removed after
         if device_map:
             model = load_placed_model(teacher_ckpt.path, parse_dtype(teacher_dtype), device_map, max_memory,
-                                      offload_dir)
+                                      str(offload_dir))
             output_weight(model)  # refuses heads the loss cannot reproduce
             weight = head_weight(teacher_ckpt, model).to(parse_dtype(teacher_dtype) or model.dtype).float()
         else:
@@ -216,8 +214,6 @@ def build_teacher_cache(teacher: str, data: str, out: str, *, top_k: int = 64, v
             weight = output_weight(model).detach().float()
         cached, keys, first_rows = run_teacher(model, weight, examples, tokenizer, top_k, temperature, batch_size,
                                                chunk_size)
-    finally:
-        shutil.rmtree(offload_dir, ignore_errors=True)
     manifest = {
         "format": FORMAT, "teacher": str(teacher_ckpt.path), "teacher_fingerprint": teacher_ckpt.fingerprint(),
         "data": str(data), "data_fingerprint": file_fingerprint(data),

@@ -9,7 +9,6 @@ device takes (``cuda:0=20GiB,cpu=8GiB``).
 
 from __future__ import annotations
 
-import os
 import re
 
 import torch
@@ -114,6 +113,3 @@ def head_weight(ckpt: Checkpoint, model) -> torch.Tensor:
         name = next(n for n, module in model.named_modules() if module is embedding) + ".weight"
     return ckpt.read(name)
 
-
-def offload_dir_for(out) -> str:
-    return os.path.join(os.path.dirname(os.path.abspath(out)), f".{os.path.basename(out)}.offload-{os.getpid()}")
