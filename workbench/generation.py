@@ -17,11 +17,15 @@ def build_prompt_ids(tokenizer, prompt: str, system: str | None = None) -> torch
         messages = ([{"role": "system", "content": system}] if system else []) + [
             {"role": "user", "content": prompt}
         ]
-        text = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
-        ids = tokenizer(text, add_special_tokens=False, return_tensors="pt")["input_ids"]
-    else:
-        ids = tokenizer(prompt, return_tensors="pt")["input_ids"]
-    return ids
+        return chat_prompt_ids(tokenizer, messages)
+    return tokenizer(prompt, return_tensors="pt")["input_ids"]
+
+
+def chat_prompt_ids(tokenizer, messages: list[dict]) -> torch.Tensor:
+    """Token ids [1, length] of a conversation rendered with the tokenizer's chat template,
+    ending with the prompt for the assistant's next turn."""
+    text = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+    return tokenizer(text, add_special_tokens=False, return_tensors="pt")["input_ids"]
 
 
 def sampling_kwargs(temperature: float) -> dict:

@@ -6,6 +6,8 @@ from workbench.commands.distill import distill, student
 from workbench.commands.evaluate import evaluate
 from workbench.commands.merge import merge
 from workbench.commands.recipe import run_recipe
+from workbench.commands.serve import chat, serve
 from workbench.commands.sft import sft
 
-COMMANDS = [import_group, inspect, generate, data_group, sft, student, distill, merge, run_recipe, evaluate]
+COMMANDS = [import_group, inspect, generate, data_group, sft, student, distill, merge, run_recipe, evaluate,
+            serve, chat]

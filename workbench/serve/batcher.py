@@ -29,6 +29,10 @@ import torch
 from workbench.serve.sampling import Sampling, find_stop, next_token, releasable
 
 
+class BatcherStopped(Exception):
+    """The model was unloaded between looking it up and submitting to it: look it up again."""
+
+
 @dataclass
 class Answer:
     """How a request ended: its full text, why it stopped and what it cost in tokens."""
@@ -143,9 +147,10 @@ class Batcher:
     # --- what callers use ------------------------------------------------------------------
 
     def submit(self, request: GenerationRequest) -> None:
+        """Queue ``request``; raises ``BatcherStopped`` once the model was unloaded."""
         with self._wake:
             if self._stopping:
-                raise RuntimeError("batcher stopped")
+                raise BatcherStopped()
             self._waiting.append(request)
             self.last_used = time.monotonic()
             self._wake.notify()
