@@ -9,6 +9,7 @@ without an API key.
 from __future__ import annotations
 
 import ipaddress
+import signal
 import socket
 from dataclasses import dataclass
 
@@ -80,8 +81,14 @@ def serve(paths: list[str], options: ServeOptions, log=print) -> None:
     log(f"serving {len(served.models)} model(s) on http://{url_host}:{port}/v1: {', '.join(served.models)}")
     config = uvicorn.Config(app, log_level="warning", timeout_graceful_shutdown=options.shutdown_seconds,
                             access_log=False)
+    # uvicorn handles SIGTERM while it runs (stop accepting, let answers in flight finish up to
+    # timeout_graceful_shutdown, cancel the rest), then re-sends it to the handler that was there
+    # before: this one, so that a SIGTERM stop is an ordinary exit with status 0.
+    previous = signal.signal(signal.SIGTERM, lambda *_: None)
     try:
         uvicorn.Server(config).run(sockets=[sock])
     finally:
+        signal.signal(signal.SIGTERM, previous)
         pool.close()
         sock.close()
+    log("server stopped")
