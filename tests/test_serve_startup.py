@@ -83,3 +83,27 @@ def test_sigterm_lets_the_answer_in_flight_finish_and_exits_0(tiny_llama):
     assert final["usage"]["completion_tokens"] == 200
     assert "Traceback" not in "".join(server.lines)
     assert server.lines[-1].strip() == "server stopped"
+
+
+def test_requests_beyond_running_and_queue_get_429_and_the_rest_finish(tiny_llama):
+    import asyncio
+
+    import openai
+
+    async def burst(base_url):
+        client = openai.AsyncOpenAI(api_key="none", base_url=base_url, max_retries=0)
+        calls = [client.completions.create(model="llama", prompt="the quick brown fox", max_tokens=150,
+                                           temperature=0) for _ in range(6)]
+        results = await asyncio.gather(*calls, return_exceptions=True)
+        await client.close()
+        return results
+
+    with Server(tiny_llama, "--max-concurrent", "1", "--max-queue", "1") as server:
+        results = asyncio.run(burst(server.base_url))
+        answered = [r for r in results if not isinstance(r, Exception)]
+        refused = [r for r in results if isinstance(r, openai.RateLimitError)]
+        assert len(answered) == 2 and len(refused) == 4, results
+        assert all(r.usage.completion_tokens == 150 for r in answered)
+        assert refused[0].body["code"] == "rate_limit_exceeded"
+        again = asyncio.run(burst(server.base_url))
+        assert sum(not isinstance(r, Exception) for r in again) == 2
