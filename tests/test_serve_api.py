@@ -48,7 +48,7 @@ def chat(client, model="expert-a", prompt=PROMPT, **kwargs):
 
 def test_models_lists_each_finished_step_of_the_run_under_its_id(client, server):
     assert sorted(m.id for m in client.models.list()) == ["expert-a", "ties"]
-    assert any("'report': an evaluation" in line for line in server.lines)
+    assert any("not served: " in line and "step 'report' (eval)" in line for line in server.lines)
 
 
 def test_greedy_answers_equal_generate_for_both_models_of_the_run(client, expected):

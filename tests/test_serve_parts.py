@@ -101,7 +101,8 @@ def test_a_run_directory_serves_its_finished_model_steps_by_id(tmp_path, tiny_ll
     served = resolve([run_dir, tiny_llama])
     assert list(served.models) == ["expert-a", "ties", "llama"]
     assert served.models["ties"].path == run_dir / "ties"
-    assert served.skipped == [f"{run_dir}: step 'report': an evaluation, not a model"]
+    assert served.skipped == [f"{run_dir}: step 'report' (eval): {run_dir / 'report'}: no config.json, so this "
+                              "is not a Hugging Face checkpoint directory"]
     with pytest.raises(ConfigError, match="two models named 'llama'"):
         resolve([tiny_llama, tiny_llama])
 
@@ -151,3 +152,13 @@ def test_pool_unloads_models_idle_for_too_long(tmp_path):
         assert pool.loaded_names == []
     finally:
         pool.close()
+
+
+def test_a_run_directory_without_a_finished_model_is_refused(tmp_path):
+    from workbench.recipe.state import StepRecord, write_record
+
+    run_dir = tmp_path / "broken"
+    write_record(run_dir, StepRecord("expert", "sft", "fp", {}, "failed", error="bad data"))
+    served_error = pytest.raises(ConfigError, match="no finished step of this run has a checkpoint to serve")
+    with served_error:
+        resolve([run_dir])

@@ -2,8 +2,9 @@
 
 A checkpoint is served under its directory name. A run directory (``runs/NAME/``, the one
 holding ``state/``) serves every finished step whose output is a checkpoint, under the
-step's id (``expert-dates``, ``ties``, ``student-ce``). Steps that are not served (eval
-reports, failed or unfinished steps) are listed so that nothing is left out silently.
+step's id (``expert-dates``, ``ties``, ``student-ce``). Steps that are not served (failed or
+unfinished steps, outputs that are not checkpoints such as an evaluation's report) are listed
+so that nothing is left out silently.
 """
 
 from __future__ import annotations
@@ -61,14 +62,13 @@ def _add_run(served: Served, run_dir: Path) -> None:
             served.skipped.append(f"{run_dir}: step '{step_id}': unreadable state file {state_file}")
         elif record.status != "done" or not record.output:
             served.skipped.append(f"{run_dir}: step '{step_id}': not finished ({record.status})")
-        elif record.kind == "eval":
-            served.skipped.append(f"{run_dir}: step '{step_id}': an evaluation, not a model")
         else:
             output = run_dir / record.output  # an absolute output (an imported model) stays itself
             try:
                 ckpt = Checkpoint(output)
-            except CheckpointError as exc:
-                raise ConfigError(f"{run_dir}: step '{step_id}': {exc}") from exc
+            except CheckpointError as exc:  # an evaluation's report, or an output since removed
+                served.skipped.append(f"{run_dir}: step '{step_id}' ({record.kind}): {exc}")
+                continue
             served.add(step_id, ckpt, str(run_dir))
             found += 1
     if not found:
