@@ -162,3 +162,27 @@ def test_a_run_directory_without_a_finished_model_is_refused(tmp_path):
     served_error = pytest.raises(ConfigError, match="no finished step of this run has a checkpoint to serve")
     with served_error:
         resolve([run_dir])
+
+
+def test_cancelled_and_shut_down_requests_leave_the_batch_early(tiny_llama):
+    from workbench.generation import build_prompt_ids
+    from workbench.modeling import load_model, load_tokenizer
+
+    model, tokenizer = load_model(tiny_llama), load_tokenizer(tiny_llama)
+    batcher = Batcher(model, tokenizer, max_rows=4)
+    answers, done, first_text = {}, {}, {}
+    for key in ("disconnected", "in flight at shutdown"):
+        done[key], first_text[key] = threading.Event(), threading.Event()
+        request = GenerationRequest(build_prompt_ids(tokenizer, PROMPTS[0])[0].tolist(), 200, Sampling(0.0),
+                                    on_text=lambda _, k=key: first_text[k].set(),
+                                    on_done=lambda answer, k=key: (answers.update({k: answer}), done[k].set()))
+        batcher.submit(request)
+        assert first_text[key].wait(60)
+        if key == "disconnected":
+            request.cancel()
+            assert done[key].wait(60)
+    batcher.stop()
+    assert done["in flight at shutdown"].is_set()
+    for answer in answers.values():
+        assert answer.finish_reason == "cancelled"
+        assert 0 < answer.completion_tokens < 200
