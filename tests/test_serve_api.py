@@ -132,6 +132,8 @@ def post(server, path, body: bytes, key=KEY, content_type="application/json"):
     ({"model": "expert-a", "messages": [{"role": "user", "content": "hi"}], "n": 2}, 400, "n"),
     ({"model": "expert-a", "messages": [{"role": "user", "content": "hi"}], "logprobs": True}, 400, "logprobs"),
     ({"model": "expert-a", "messages": [{"role": "user", "content": "hi"}], "temperature": 3}, 400, "temperature"),
+    ({"model": "expert-a", "messages": [{"role": "user", "content": "hi"}],
+      "response_format": {"type": "json_object"}}, 400, "response_format"),
 ])
 def test_bad_requests_get_openai_errors_and_the_server_keeps_serving(server, client, expected, body, status, param):
     code, error = post(server, "/chat/completions", json.dumps(body).encode())

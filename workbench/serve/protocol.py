@@ -25,6 +25,7 @@ UNSUPPORTED = {
     "logprobs": (None, False, 0), "top_logprobs": (None, 0), "frequency_penalty": (None, 0), "presence_penalty": (None, 0),
     "logit_bias": (None, {}), "best_of": (None, 1), "echo": (None, False), "suffix": (None, ""),
     "audio": (None,), "prediction": (None,), "modalities": (None, ["text"]),
+    "response_format": (None, {"type": "text"}),
 }
 
 
