@@ -17,6 +17,7 @@ from dataclasses import dataclass
 
 from fastapi import FastAPI, Request as HTTPRequest
 from fastapi.responses import JSONResponse, StreamingResponse
+from starlette.background import BackgroundTask
 from starlette.exceptions import HTTPException
 
 from workbench.serve import protocol
@@ -177,18 +178,28 @@ async def _answer(pool: ModelPool, limits: Limits, admission: Admission, parsed:
     except BaseException:
         admission.leave()
         raise
+    released = False
+
+    async def release() -> None:
+        """Once per request, however it ends: stop generating for it and free its place."""
+        nonlocal released
+        if not released:
+            released = True
+            request.cancel()
+            admission.leave()
+
     rid = protocol.new_id("chatcmpl" if chat else "cmpl")
     if parsed.stream:
-        return StreamingResponse(_stream(rid, parsed, chat, request, events, admission),
-                                 media_type="text/event-stream", headers={"Cache-Control": "no-cache"})
+        # The background task also runs when the client leaves before the stream's first chunk.
+        return StreamingResponse(_stream(rid, parsed, chat, events, release), media_type="text/event-stream",
+                                 headers={"Cache-Control": "no-cache"}, background=BackgroundTask(release))
     try:
         while True:
             kind, value = await events.get()
             if kind == "done":
                 break
     finally:
-        request.cancel()
-        admission.leave()
+        await release()
     answer = _raise_if_failed(value)
     return (protocol.chat_response if chat else protocol.completion_response)(rid, parsed.model, answer)
 
@@ -224,7 +235,7 @@ def _raise_if_failed(answer: Answer) -> Answer:
     return answer
 
 
-async def _stream(rid, parsed, chat, request: GenerationRequest, events: asyncio.Queue, admission: Admission):
+async def _stream(rid, parsed, chat, events: asyncio.Queue, release):
     def sse(payload) -> str:
         return f"data: {json.dumps(payload)}\n\n"
 
@@ -252,5 +263,4 @@ async def _stream(rid, parsed, chat, request: GenerationRequest, events: asyncio
             yield "data: [DONE]\n\n"
             return
     finally:
-        request.cancel()
-        admission.leave()
+        await release()
