@@ -24,8 +24,8 @@ def test_chat_answers_like_generate_and_follows_system_and_reset(tiny_qwen2):
     plain = generate_text(model, tokenizer, "capital of france", max_new_tokens=8)
     with_system = generate_text(model, tokenizer, "capital of france", max_new_tokens=8, system="be brief")
     assert plain != with_system
-    result = chat(tiny_qwen2, ["capital of france", "/system be brief", "capital of france", "/reset", "/oops", "/exit"],
-                  "--max-new-tokens", "8")
+    lines = ["capital of france", "/system be brief", "capital of france", "/reset", "/oops", "/exit"]
+    result = chat(tiny_qwen2, lines, "--max-new-tokens", "8")
     assert result.returncode == 0, result.stderr
     answers = [part.strip() for part in result.stdout.split("you> ")[1:-1]]
     assert answers == [plain, "", with_system, "", ""]  # commands print nothing on stdout

@@ -22,7 +22,8 @@ MAX_STOPS = 4
 # Parameter -> the values at which it changes nothing; any other value is refused.
 UNSUPPORTED = {
     "tools": (None, []), "tool_choice": (None, "none"), "functions": (None, []), "function_call": (None, "none"),
-    "logprobs": (None, False, 0), "top_logprobs": (None, 0), "frequency_penalty": (None, 0), "presence_penalty": (None, 0),
+    "logprobs": (None, False, 0), "top_logprobs": (None, 0),
+    "frequency_penalty": (None, 0), "presence_penalty": (None, 0),
     "logit_bias": (None, {}), "best_of": (None, 1), "echo": (None, False), "suffix": (None, ""),
     "audio": (None,), "prediction": (None,), "modalities": (None, ["text"]),
     "response_format": (None, {"type": "text"}),
