@@ -32,7 +32,10 @@ from typing import Callable, Sequence
 
 import torch
 
+from workbench.merge.sign_election import disjoint_merge, sum_rows
+
 CHUNK = 1024 * 1024  # elements; equal to mergekit's slerp chunk, so its norms are summed alike
+CACHE_BLOCK = 256 * 1024
 Release = Callable[[int, int], None]
 
 
@@ -40,9 +43,17 @@ def _keep(start: int, stop: int) -> None:
     """The default release: inputs that are ordinary tensors need nothing done."""
 
 
-def _chunks(numel: int):
-    for start in range(0, numel, CHUNK):
-        yield start, min(start + CHUNK, numel)
+def _chunks(numel: int, size: int | None = None):
+    size = size or CHUNK
+    for start in range(0, numel, size):
+        yield start, min(start + size, numel)
+
+
+def _cache_blocks(numel: int):
+    """Chunks of at most ``CACHE_BLOCK`` elements, for walks that make a dozen temporaries
+    per chunk: they stay in a core's L2 cache (2 MB here), which more than pays for the
+    extra calls (TIES on two bfloat16 models: 14 against 24 ns per element at 1M)."""
+    return _chunks(numel, min(CHUNK, CACHE_BLOCK))
 
 
 def _accumulator_dtype(dtype: torch.dtype) -> torch.dtype:
@@ -159,12 +170,27 @@ class _TrimPass:
         if self.trim.ties_kept == self.trim.ties:
             return
         tied = _magnitudes_equal(delta, threshold)
-        count = int(tied.sum())
+        count = int(tied.count_nonzero())
         if count <= self.ties_left:
             self.ties_left -= count
             return
-        delta[tied.nonzero().reshape(-1)[self.ties_left:]] = 0
+        _zero_at_most(delta[_index_after(tied, self.ties_left):], threshold)
         self.ties_left = 0
+
+
+def _index_after(flags: torch.Tensor, count: int) -> int:
+    """The index just past the count-th True in ``flags`` (which holds more than count),
+    by bisection on counts of prefixes: about two passes over ``flags``, several times
+    cheaper than listing the True positions with nonzero()."""
+    low, high, before = 0, flags.numel(), 0  # the answer is in (low, high]; before = count in [0, low)
+    while high - low > 1:
+        middle = (low + high) // 2
+        inside = int(flags[low:middle].count_nonzero())
+        if before + inside >= count:
+            high = middle
+        else:
+            low, before = middle, before + inside
+    return high
 
 
 def magnitude_trim(base: torch.Tensor, other: torch.Tensor, density: float, dtype: torch.dtype,
@@ -194,10 +220,9 @@ _PATTERNS = 1 << 15  # bit patterns of a non-negative 16-bit float, in the order
 def _histogram_trim(base: torch.Tensor, other: torch.Tensor, keep: int, dtype: torch.dtype, rescale: bool,
                     release: Release) -> MagnitudeTrim:
     counts = torch.zeros(_PATTERNS, dtype=torch.int64)
-    for start, stop in _chunks(base.numel()):
+    for start, stop in _cache_blocks(base.numel()):
         delta = other[start:stop].to(dtype) - base[start:stop].to(dtype)
-        bits = delta.view(torch.int16).to(torch.int32).bitwise_and_(_PATTERNS - 1)
-        counts += torch.bincount(bits, minlength=_PATTERNS)
+        counts += torch.bincount(delta.abs_().view(torch.int16), minlength=_PATTERNS)
         release(start, stop)
     from_top = counts.flip(0).cumsum(0)
     cut = _PATTERNS - 1 - int(torch.searchsorted(from_top, keep))  # the keep-th largest's pattern
@@ -314,7 +339,7 @@ def task_arithmetic(base: torch.Tensor, others: Sequence[torch.Tensor], weights:
     walks = [trim.pass_() if trim is not None else None for trim in trims]
     weight_column = torch.tensor(list(weights), dtype=dtype).reshape(-1, 1)
     out = torch.empty(numel, dtype=dtype)
-    for start, stop in _chunks(numel):
+    for start, stop in _cache_blocks(numel):
         b = base[start:stop].to(dtype)
         deltas = torch.empty((len(others), stop - start), dtype=dtype)
         for delta, other, trim, walk in zip(deltas, others, trims, walks):
@@ -325,28 +350,16 @@ def task_arithmetic(base: torch.Tensor, others: Sequence[torch.Tensor], weights:
                     delta.mul_(trim.scale)
         deltas.mul_(weight_column)
         if sign_consensus:
-            majority = (_sum_rows(deltas) >= 0).to(dtype) * 2 - 1
-            # Masks as floats, not bools: mixed bool/float arithmetic is several times slower.
-            mask = (deltas.sign() == majority).to(dtype)
-            mixed = _sum_rows(deltas * mask)
-            divisor = _sum_rows(weight_column * mask)
-            divisor.masked_fill_(divisor == 0, 1)
+            mixed = disjoint_merge(deltas, weight_column, normalize)
         else:
-            mixed = _sum_rows(deltas)
-            divisor = weight_column.sum(dim=0)
-            divisor.masked_fill_(divisor.abs() < 1e-8, 1)
-        if normalize:
-            mixed /= divisor
+            mixed = sum_rows(deltas)
+            if normalize:
+                divisor = weight_column.sum(dim=0)
+                divisor.masked_fill_(divisor.abs() < 1e-8, 1)
+                mixed /= divisor
         if lambda_ != 1:
             mixed *= lambda_
         torch.add(b, mixed, out=out[start:stop])
         release(start, stop)
     return out
 
-
-def _sum_rows(rows: torch.Tensor) -> torch.Tensor:
-    """rows.sum(dim=0); for two rows their plain sum, which is bit-identical (both add in
-    float32 or wider and round once) and several times faster than a reduction in bfloat16."""
-    if rows.shape[0] == 2:
-        return torch.add(rows[0], rows[1])
-    return rows.sum(dim=0)
