@@ -144,3 +144,15 @@ def test_cutoff_at_zero_keeps_every_nonzero_delta(dtype_name):
     assert trim.threshold == 0 and trim.ties_kept == int(0.5 * base.numel()) - int(delta.count_nonzero())
     assert torch.equal(kept, delta)
     assert torch.equal(kept, magnitude(delta, 0.5))
+
+
+def test_nonzero_compaction_keeps_order_across_chunks(monkeypatch):
+    """The float32 selection runs on the nonzero magnitudes compacted in place, chunk by chunk
+    (no whole-buffer index array): the same values in the same order as mask indexing."""
+    monkeypatch.setattr(methods, "CHUNK", 1000)
+    generator = torch.Generator().manual_seed(3)
+    values = torch.rand(10_500, generator=generator)
+    values[torch.rand(10_500, generator=generator) < 0.7] = 0
+    values[:1500] = 0  # a whole chunk and a half of zeros first
+    expected = values[values != 0].clone()
+    assert torch.equal(methods._compact_nonzero(values), expected)
