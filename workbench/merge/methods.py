@@ -5,7 +5,8 @@ generalized_task_arithmetic.py, sparsify.py): the same dtypes and, where it matt
 result, the same order of operations, so float32 and float64 results agree to rounding and
 bfloat16 results to at most one rounding step.
 What differs is how the work is done: each function walks the flattened tensors in chunks
-of ``CHUNK`` elements, so scratch memory is a few chunks whatever the tensor size, and
+of ``CHUNK`` elements (TIES and task arithmetic in smaller ``CACHE_BLOCK`` ones), so scratch
+memory is a few chunks whatever the tensor size, and
 calls ``release(start, stop)`` once it is done with an element range in a pass, which lets
 a caller that memory-maps its inputs drop those pages (resident memory stays bounded too).
 
