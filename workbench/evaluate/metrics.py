@@ -1,6 +1,7 @@
 """The numbers of an evaluation: teacher-forced loss, perplexity and token accuracy on the
 assistant tokens, and how greedy answers compare with the expected ones and with a reference
-model's (whole answers, and token by token: the top-1 agreement a distillation run reports).
+model's (whole answers, and token by token: the top-1 agreement a distillation run reports;
+and whole next-token distributions: the KL to the reference's).
 
 Loss and accuracy are averaged over every supervised token of the file (not per example),
 the way the training loop reports them, so the numbers are comparable with its events.
@@ -50,6 +51,41 @@ def token_metrics(model, examples: list[TokenizedExample], pad_id: int, batch_si
     loss = total_loss / count
     return TokenMetrics(loss=loss, perplexity=math.exp(min(loss, 700.0)), token_accuracy=correct / count,
                         tokens=count, targets=all_targets, predictions=all_predictions)
+
+
+@torch.no_grad()
+def supervised_logprobs(model, examples: list[TokenizedExample], pad_id: int, batch_size: int) -> torch.Tensor:
+    """[supervised tokens, vocab] float32 log-probabilities of the model's next token at each
+    supervised position, in order: a reference distribution for ``mean_kl``. Memory is
+    tokens x vocab x 4 bytes (600 tokens of a 49k vocab: 118 MB)."""
+    parts = []
+    for start in range(0, len(examples), batch_size):
+        batch = pad_collate(examples[start:start + batch_size], pad_id)
+        logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+        mask = batch["labels"][:, 1:] != IGNORE_INDEX
+        parts.append(torch.log_softmax(logits[:, :-1][mask].float(), dim=-1))
+    return torch.cat(parts)
+
+
+@torch.no_grad()
+def mean_kl(reference: torch.Tensor, model, examples: list[TokenizedExample], pad_id: int,
+            batch_size: int) -> float:
+    """KL(reference || model) of the next-token distributions, averaged over the supervised
+    tokens of ``examples`` (``reference`` from ``supervised_logprobs`` on the same examples)."""
+    total, offset = 0.0, 0
+    for start in range(0, len(examples), batch_size):
+        batch = pad_collate(examples[start:start + batch_size], pad_id)
+        logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+        mask = batch["labels"][:, 1:] != IGNORE_INDEX
+        mine = torch.log_softmax(logits[:, :-1][mask].float(), dim=-1)
+        theirs = reference[offset:offset + mine.shape[0]]
+        if theirs.shape != mine.shape:
+            raise ValueError(f"reference log-probs {tuple(reference.shape)} do not match the examples")
+        total += torch.nn.functional.kl_div(mine, theirs, log_target=True, reduction="sum").item()
+        offset += mine.shape[0]
+    if offset != reference.shape[0]:
+        raise ValueError(f"reference has {reference.shape[0]} tokens, the examples {offset}")
+    return total / offset
 
 
 def normalize(text: str) -> str:

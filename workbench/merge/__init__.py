@@ -3,6 +3,7 @@ numerics, several times faster); every other mergekit method through mergekit it
 
     from workbench import merge
     merge.run("merge.yml", "out/merged")            # mergekit YAML, parsed or a path
+    for name, tensor in merge.tensors(config): ...  # the same merge, in memory (native only)
 
 Configs use mergekit's schema unchanged; see ``workbench.merge.config``.
 """
@@ -15,20 +16,38 @@ from pathlib import Path
 from workbench import atomic
 from workbench.checkpoint import Checkpoint, pickle_files, pickle_refusal
 from workbench.errors import CheckpointError, ConfigError
-from workbench.merge.config import (TOKENIZER_SOURCE_WORDS, TOP_LEVEL_KEYS, MergeConfig, ModelEntry, load_config,
-                                    validate_config)
+from workbench.merge.config import (
+    INPUT,
+    NATIVE_METHODS,
+    NON_BASE,
+    SHARED,
+    TOKENIZER_SOURCE_WORDS,
+    TOP_LEVEL_KEYS,
+    MergeConfig,
+    ModelEntry,
+    ModelRef,
+    load_config,
+    parse_yaml,
+    validate_config,
+)
+from workbench.merge.output import Attachments, tokenizer_dir
+
+__all__ = ["run", "tensors", "load_config", "parse_yaml", "validate_config", "tokenizer_dir", "Attachments",
+           "MergeConfig", "ModelEntry", "ModelRef", "NATIVE_METHODS", "INPUT", "NON_BASE", "SHARED",
+           "TOKENIZER_SOURCE_WORDS", "TOP_LEVEL_KEYS"]
 
 BACKENDS = ("auto", "native", "mergekit")
 ADAPTER_WEIGHTS = "adapter_model.safetensors"
 
 
 def run(config: dict | str | os.PathLike, out_dir: str | os.PathLike, *, backend: str = "auto",
-        overwrite: bool = False, progress: bool = False) -> Checkpoint:
+        overwrite: bool = False, progress: bool = False, attachments: Attachments | None = None) -> Checkpoint:
     """Merge the models a mergekit config names into a checkpoint at ``out_dir``.
 
     backend: 'auto' (native when it supports the method and config, else mergekit),
     'native' (error when it cannot), 'mergekit'. All input problems are reported before
-    any tensor is read, and nothing is written then.
+    any tensor is read, and nothing is written then. ``attachments``: lineage and files a
+    composing caller adds to the checkpoint.
     """
     if backend not in BACKENDS:
         raise ConfigError(f"unknown backend '{backend}' (expected one of {', '.join(BACKENDS)})")
@@ -54,18 +73,41 @@ def run(config: dict | str | os.PathLike, out_dir: str | os.PathLike, *, backend
             entries = merge_config.inputs()
             check_compatible(entries, [Checkpoint(e.ref.path) for e in entries])
         return run_mergekit(merge_config, out_dir, overwrite=overwrite, progress=progress,
-                            lineage_inputs=_lineage_inputs(merge_config))
-    return _run_native(merge_config, out_dir, overwrite=overwrite, progress=progress)
+                            lineage_inputs=_lineage_inputs(merge_config), attachments=attachments)
+    return _run_native(merge_config, out_dir, overwrite=overwrite, progress=progress, attachments=attachments)
 
 
-def _run_native(config: MergeConfig, out_dir: Path, *, overwrite: bool, progress: bool) -> Checkpoint:
+def tensors(config: dict | str | os.PathLike | MergeConfig, progress: bool = False):
+    """The tensors ``run(config, out, backend="native")`` would write, as (name, tensor)
+    pairs in memory, nothing written. For callers that merge many times (a search): no
+    disk round trip. Native methods and plain checkpoint inputs only (a LoRA input would be
+    merged into its base on every call). Each tensor may be a view onto a memory-mapped
+    input: copy it before asking for the next."""
+    from workbench.merge.engine import merged_tensors, open_inputs
+
+    merge_config = config if isinstance(config, MergeConfig) else load_config(config)
+    blockers = merge_config.native_blockers()
+    if blockers:
+        raise ConfigError(f"{merge_config.source}: an in-memory merge needs the native engine "
+                          f"({', '.join(NATIVE_METHODS)}): {blockers[0]}")
+    lora = next((e.ref for e in merge_config.inputs() if e.ref.lora is not None), None)
+    if lora is not None:
+        raise ConfigError(f"{merge_config.source}: '{lora}' is a LoRA input; an in-memory merge takes "
+                          "plain checkpoints (merge the adapter into its base first)")
+    plan = open_inputs(merge_config, lambda entry: Checkpoint(entry.ref.path))
+    return merged_tensors(plan, progress)
+
+
+def _run_native(config: MergeConfig, out_dir: Path, *, overwrite: bool, progress: bool,
+                attachments: Attachments | None) -> Checkpoint:
     from workbench.merge.engine import open_inputs, run_native
 
     # Header-only checks first, against a LoRA's base: adapters are merged only after.
     plan = open_inputs(config, lambda entry: Checkpoint(entry.ref.path))
     lineage_inputs = _lineage_inputs(config)  # fingerprints may hash inputs: only once they are valid
     if all(entry.ref.lora is None for entry in plan.entries):
-        return run_native(plan, out_dir, overwrite=overwrite, progress=progress, lineage_inputs=lineage_inputs)
+        return run_native(plan, out_dir, overwrite=overwrite, progress=progress, lineage_inputs=lineage_inputs,
+                          attachments=attachments)
     from workbench.merge.lora import merge_adapter
 
     with atomic.scratch_dir(out_dir) as tmp:
@@ -79,7 +121,8 @@ def _run_native(config: MergeConfig, out_dir: Path, *, overwrite: bool, progress
             return merged[entry.ref]
 
         plan = open_inputs(config, checkpoint_of)
-        return run_native(plan, out_dir, overwrite=overwrite, progress=progress, lineage_inputs=lineage_inputs)
+        return run_native(plan, out_dir, overwrite=overwrite, progress=progress, lineage_inputs=lineage_inputs,
+                          attachments=attachments)
 
 
 def refuse_pickle_inputs(config: MergeConfig) -> None:

@@ -12,7 +12,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Iterator
 
 import torch
 
@@ -20,7 +20,7 @@ from workbench.checkpoint import Checkpoint, CheckpointWriter
 from workbench.errors import CheckpointError, ConfigError
 from workbench.merge import methods
 from workbench.merge.config import INPUT, NON_BASE, SHARED, MergeConfig, ModelEntry, resolve_parameter
-from workbench.merge.output import finish_checkpoint
+from workbench.merge.output import Attachments, finish_checkpoint
 from workbench.merge.reader import MappedCheckpoint
 from workbench.safetensors_io import PlannedTensor
 
@@ -156,31 +156,42 @@ def merge_tensor(plan: MergePlan, job: TensorJob, inputs: list[torch.Tensor],
         lambda_=job.shared["lambda"], rescale=job.shared["rescale"], release=release)
 
 
-def run_native(plan: MergePlan, out_dir: Path, *, overwrite: bool, progress: bool,
-               lineage_inputs: dict) -> Checkpoint:
+def merged_tensors(plan: MergePlan, progress: bool = False) -> Iterator[tuple[str, torch.Tensor]]:
+    """Each output tensor, in plan order, shaped and in its output dtype.
+
+    A tensor may be a view onto a memory-mapped input (a copied integer tensor, a merge
+    with nothing to mix): use it before asking for the next one, which may unmap it."""
     from tqdm import tqdm
 
-    writer_plan = [PlannedTensor(j.name, j.shape, j.out_dtype) for j in plan.jobs]
     mapped = [MappedCheckpoint(c) for c in plan.checkpoints]
     try:
-        with CheckpointWriter(out_dir, writer_plan, overwrite=overwrite) as writer:
-            for job in tqdm(plan.jobs, desc=f"merge ({plan.config.method})", unit="tensor",
-                            disable=not progress, leave=False):
-                inputs = [m.flat(job.name) for m in mapped]
-                releasers = [m.releaser(job.name) for m in mapped]
+        for job in tqdm(plan.jobs, desc=f"merge ({plan.config.method})", unit="tensor",
+                        disable=not progress, leave=False):
+            inputs = [m.flat(job.name) for m in mapped]
+            releasers = [m.releaser(job.name) for m in mapped]
 
-                def release(start: int, stop: int) -> None:
-                    for drop in releasers:
-                        drop(start, stop)
+            def release(start: int, stop: int) -> None:
+                for drop in releasers:
+                    drop(start, stop)
 
-                merged = merge_tensor(plan, job, inputs, release)
-                writer.write(job.name, merged.reshape(job.shape))
-                del inputs, merged
-            floating = [j.out_dtype for j in plan.jobs if j.out_dtype.is_floating_point]
-            dtype_name = str(floating[0]).removeprefix("torch.") if floating else None
-            return finish_checkpoint(writer, plan.config, backend="native",
-                                     config_from=plan.checkpoints[plan.base_index or 0].config,
-                                     dtype_name=dtype_name, lineage_inputs=lineage_inputs)
+            merged = merge_tensor(plan, job, inputs, release)
+            del inputs
+            yield job.name, merged.reshape(job.shape).to(job.out_dtype)
+            del merged
     finally:
         for m in mapped:
             m.close()
+
+
+def run_native(plan: MergePlan, out_dir: Path, *, overwrite: bool, progress: bool,
+               lineage_inputs: dict, attachments: Attachments | None = None) -> Checkpoint:
+    writer_plan = [PlannedTensor(j.name, j.shape, j.out_dtype) for j in plan.jobs]
+    with CheckpointWriter(out_dir, writer_plan, overwrite=overwrite) as writer:
+        for name, tensor in merged_tensors(plan, progress):
+            writer.write(name, tensor)
+        floating = [j.out_dtype for j in plan.jobs if j.out_dtype.is_floating_point]
+        dtype_name = str(floating[0]).removeprefix("torch.") if floating else None
+        return finish_checkpoint(writer, plan.config, backend="native",
+                                 config_from=plan.checkpoints[plan.base_index or 0].config,
+                                 dtype_name=dtype_name, lineage_inputs=lineage_inputs,
+                                 attachments=attachments)

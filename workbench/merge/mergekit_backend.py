@@ -14,7 +14,7 @@ from workbench import atomic
 from workbench.checkpoint import Checkpoint, CheckpointWriter
 from workbench.errors import ConfigError
 from workbench.merge.config import MergeConfig
-from workbench.merge.output import finish_checkpoint
+from workbench.merge.output import Attachments, finish_checkpoint
 from workbench.safetensors_io import PlannedTensor
 
 
@@ -36,7 +36,7 @@ def check_parameters(config: MergeConfig) -> None:
 
 
 def run_mergekit(config: MergeConfig, out_dir: Path, *, overwrite: bool, progress: bool,
-                 lineage_inputs: dict) -> Checkpoint:
+                 lineage_inputs: dict, attachments: Attachments | None = None) -> Checkpoint:
     """mergekit's run_merge into a scratch directory, then committed like a native merge
     (callers check the config first: ``check_parameters`` and the header checks)."""
     from mergekit.config import MergeConfiguration
@@ -62,4 +62,5 @@ def run_mergekit(config: MergeConfig, out_dir: Path, *, overwrite: bool, progres
                         "model.safetensors.index.json", "README.md"):
                     shutil.copyfile(item, writer.staging_dir / item.name)
             return finish_checkpoint(writer, config, backend="mergekit", config_from=None,
-                                     dtype_name=None, lineage_inputs=lineage_inputs)
+                                     dtype_name=None, lineage_inputs=lineage_inputs,
+                                     attachments=attachments)

@@ -1,15 +1,27 @@
 """What every merged checkpoint carries besides weights, whichever backend made it:
 config.json, tokenizer + chat template + generation config from the tokenizer source,
-a README.md model card, and workbench.json lineage."""
+a README.md model card, workbench.json lineage, and what a composing caller attaches."""
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import yaml
 
 from workbench.checkpoint import SUPPORT_FILES, Checkpoint, CheckpointWriter, make_lineage
 from workbench.merge.config import MergeConfig, ModelRef
+
+
+@dataclass
+class Attachments:
+    """What a caller that composes merges (a merge search) adds to the checkpoint it writes:
+    lineage parameters and inputs beyond the merge's own, and files next to the weights,
+    all committed atomically with them."""
+
+    parameters: dict = field(default_factory=dict)  # added to the lineage parameters
+    inputs: dict = field(default_factory=dict)  # role -> Checkpoint or data file, fingerprinted
+    files: dict[str, str | bytes] = field(default_factory=dict)  # file name -> contents
 
 
 def tokenizer_dir(config: MergeConfig) -> Path:
@@ -25,8 +37,10 @@ def tokenizer_dir(config: MergeConfig) -> Path:
 
 
 def finish_checkpoint(writer: CheckpointWriter, config: MergeConfig, *, backend: str,
-                      config_from: dict | None, dtype_name: str | None, lineage_inputs: dict) -> Checkpoint:
-    """Write config (unless the backend wrote one), support files, model card; commit."""
+                      config_from: dict | None, dtype_name: str | None, lineage_inputs: dict,
+                      attachments: Attachments | None = None) -> Checkpoint:
+    """Write config (unless the backend wrote one), support files, attachments, model card; commit."""
+    attachments = attachments or Attachments()
     if config_from is not None:
         model_config = dict(config_from)
         if dtype_name:
@@ -38,8 +52,14 @@ def finish_checkpoint(writer: CheckpointWriter, config: MergeConfig, *, backend:
     for name in SUPPORT_FILES:
         if not (writer.staging_dir / name).exists() and (source / name).exists():
             (writer.staging_dir / name).write_bytes((source / name).read_bytes())
-    lineage = make_lineage("merge", {"method": config.method, "backend": backend, "config": config.raw},
-                           inputs=lineage_inputs)
+    for name, contents in attachments.files.items():
+        if isinstance(contents, bytes):
+            (writer.staging_dir / name).write_bytes(contents)
+        else:
+            (writer.staging_dir / name).write_text(contents)
+    lineage = make_lineage("merge", {"method": config.method, "backend": backend, "config": config.raw,
+                                     **attachments.parameters},
+                           inputs={**lineage_inputs, **attachments.inputs})
     writer.write_text("README.md", model_card(writer.out_dir.name, config, backend, lineage))
     return writer.commit(lineage)
 
