@@ -111,11 +111,12 @@ class SearchSpec:
         return config
 
     def grid(self) -> dict[str, list[float]]:
-        """Each dimension's grid values (sampler 'grid')."""
+        """Each dimension's grid values (sampler 'grid'): ``points`` evenly spaced from low to
+        high, rounded to 12 digits so that 0.2 + 0.4 reads 0.6."""
         grid = {}
         for dim in self.dimensions:
             step = (dim.high - dim.low) / (dim.points - 1)
-            values = [dim.low + i * step for i in range(dim.points - 1)] + [dim.high]
+            values = [float(f"{dim.low + i * step:.12g}") for i in range(dim.points - 1)] + [dim.high]
             for label in dim.labels():
                 grid[label] = values
         return grid
