@@ -141,6 +141,14 @@ def test_a_global_weight_that_normalize_cancels_is_refused(inputs, tmp_path):
     assert run_workbench("merge-search", search, tmp_path / "out", "--trials", "1").returncode == 0
 
 
+def test_trials_option_may_stand_for_search_trials(inputs, tmp_path):
+    search = tmp_path / "search.yml"
+    search.write_text(yaml.safe_dump(set_path(good(inputs), "search.trials", DELETE)))
+    done = run_workbench("merge-search", search, tmp_path / "out", "--trials", "1")
+    assert done.returncode == 0, done.stderr
+    assert "best of 1 trials" in done.stdout
+
+
 @pytest.mark.parametrize("args,words", [(["--trials", "0"], ["--trials", "whole number >= 1"]),
                                         (["--trials", "-3"], ["--trials"])])
 def test_bad_trials_option(inputs, tmp_path, args, words):

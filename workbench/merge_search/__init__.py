@@ -23,7 +23,7 @@ from pathlib import Path
 
 from workbench.checkpoint import Checkpoint
 from workbench.errors import CheckpointError, ConfigError
-from workbench.merge_search.space import SearchSpec, check_trials, parse_search
+from workbench.merge_search.space import SearchSpec, parse_search
 
 __all__ = ["run", "load_search", "SearchResult", "trials_dir_for"]
 
@@ -36,18 +36,20 @@ class SearchResult:
     seconds: float
 
 
-def load_search(search: dict | str | os.PathLike, source: str | None = None) -> SearchSpec:
-    """A validated SearchSpec from a SEARCH.yml path or its parsed contents."""
+def load_search(search: dict | str | os.PathLike, source: str | None = None,
+                trials: int | None = None) -> SearchSpec:
+    """A validated SearchSpec from a SEARCH.yml path or its parsed contents; ``trials``
+    replaces ``search.trials``."""
     from workbench.merge import parse_yaml
 
     if isinstance(search, dict):
-        return parse_search(search, source or "search")
+        return parse_search(search, source or "search", trials)
     path = Path(search)
     if not path.exists():
         raise ConfigError(f"{path}: search file does not exist")
     if not path.is_file():
         raise ConfigError(f"{path}: is a directory, expected a SEARCH.yml file")
-    return parse_search(parse_yaml(path.read_text(), str(path)), str(path))
+    return parse_search(parse_yaml(path.read_text(), str(path)), str(path), trials)
 
 
 def trials_dir_for(out_dir: str | os.PathLike) -> Path:
@@ -75,9 +77,7 @@ def run(search: dict | str | os.PathLike, out_dir: str | os.PathLike, *, trials:
 
     started = time.perf_counter()
     log = log or _default_log
-    spec = load_search(search)
-    if trials is not None:
-        spec.trials = check_trials(trials, "--trials")
+    spec = load_search(search, trials=trials)
     out_dir = Path(out_dir)
     _check_out_dir(out_dir, overwrite)
     lows = {label: dim.low for dim in spec.dimensions for label in dim.labels()}

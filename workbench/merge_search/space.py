@@ -122,9 +122,10 @@ class SearchSpec:
         return grid
 
 
-def parse_search(raw: dict, source: str) -> SearchSpec:
+def parse_search(raw: dict, source: str, trials: int | None = None) -> SearchSpec:
     """A SearchSpec from a parsed SEARCH.yml (merge config + ``search:``); ConfigError names
-    the file and key of the first problem."""
+    the file and key of the first problem. ``trials`` (the --trials option) replaces
+    ``search.trials``, which may then be left out."""
     raw = dict(raw)
     block = raw.pop("search", None)
     if not isinstance(block, dict):
@@ -144,7 +145,8 @@ def parse_search(raw: dict, source: str) -> SearchSpec:
         merge=merge,
         dimensions=_dimensions(block.get("parameters"), merge, sampler, f"{where}.parameters"),
         objective=_objective(block.get("objective"), f"{where}.objective"),
-        trials=check_trials(block.get("trials"), f"{where}.trials"),
+        trials=check_trials(trials, "--trials") if trials is not None else
+        check_trials(block.get("trials"), f"{where}.trials"),
         sampler=sampler,
         seed=_integer(block.get("seed", 0), f"{where}.seed", minimum=0),
         batch_size=_integer(block.get("batch_size", 8), f"{where}.batch_size", minimum=1),
@@ -294,7 +296,7 @@ def _objective(block: Any, where: str) -> list[Term]:
                 raise ConfigError(f"{at}: metric kl needs 'reference' (the checkpoint whose next-token "
                                   "distribution the merge should match)")
             reference = ModelRef.parse(item["reference"], f"{at}.reference").path
-            if not (reference / "config.json").is_file():
+            if not reference.is_dir():
                 raise ConfigError(f"{at}.reference: '{reference}' is not a checkpoint directory")
         elif "reference" in item:
             raise ConfigError(f"{at}.reference: only metric kl uses a reference (metric is {metric})")
