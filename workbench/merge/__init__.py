@@ -27,12 +27,11 @@ from workbench.merge.config import (
     ModelEntry,
     ModelRef,
     load_config,
-    parse_yaml,
     validate_config,
 )
 from workbench.merge.output import Attachments, tokenizer_dir
 
-__all__ = ["run", "tensors", "load_config", "parse_yaml", "validate_config", "tokenizer_dir", "Attachments",
+__all__ = ["run", "tensors", "load_config", "validate_config", "tokenizer_dir", "Attachments",
            "MergeConfig", "ModelEntry", "ModelRef", "NATIVE_METHODS", "INPUT", "NON_BASE", "SHARED",
            "TOKENIZER_SOURCE_WORDS", "TOP_LEVEL_KEYS"]
 

@@ -40,7 +40,7 @@ def load_search(search: dict | str | os.PathLike, source: str | None = None,
                 trials: int | None = None) -> SearchSpec:
     """A validated SearchSpec from a SEARCH.yml path or its parsed contents; ``trials``
     replaces ``search.trials``."""
-    from workbench.merge import parse_yaml
+    from workbench.yaml_io import read_yaml
 
     if isinstance(search, dict):
         return parse_search(search, source or "search", trials)
@@ -49,7 +49,10 @@ def load_search(search: dict | str | os.PathLike, source: str | None = None,
         raise ConfigError(f"{path}: search file does not exist")
     if not path.is_file():
         raise ConfigError(f"{path}: is a directory, expected a SEARCH.yml file")
-    return parse_search(parse_yaml(path.read_text(), str(path)), str(path), trials)
+    raw = read_yaml(path)
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{path}: expected a mapping with merge_method, models and search at the top")
+    return parse_search(raw, str(path), trials)
 
 
 def trials_dir_for(out_dir: str | os.PathLike) -> Path:
