@@ -25,7 +25,9 @@ from workbench.checkpoint import Checkpoint
 from workbench.errors import CheckpointError, ConfigError
 from workbench.merge_search.space import SearchSpec, parse_search
 
-__all__ = ["run", "load_search", "SearchResult", "trials_dir_for"]
+__all__ = ["run", "load_search", "SearchResult", "trials_dir_for", "CSV_FILE", "PLOT_FILE", "REPORT_FILE"]
+
+CSV_FILE, PLOT_FILE, REPORT_FILE = "trials.csv", "objective.png", "search.md"
 
 
 @dataclass
@@ -99,9 +101,9 @@ def run(search: dict | str | os.PathLike, out_dir: str | os.PathLike, *, trials:
             "terms": best.terms, "objective": best.objective, "trials": len(result.records),
             "sampler": spec.sampler, "seed": spec.seed}},
         inputs=_objective_inputs(spec),
-        files={report.CSV_FILE: report.trials_csv(result),
-               report.PLOT_FILE: report.objective_plot(result, f"merge search: {Path(spec.source).name}"),
-               report.REPORT_FILE: report.report_markdown(result, source=spec.source, sampler=spec.sampler,
+        files={CSV_FILE: report.trials_csv(result),
+               PLOT_FILE: report.objective_plot(result, f"merge search: {Path(spec.source).name}"),
+               REPORT_FILE: report.report_markdown(result, source=spec.source, sampler=spec.sampler,
                                                           seed=spec.seed, seconds=seconds)},
     )
     checkpoint = merge_run(spec.trial_config(best.values), out_dir, backend="native", overwrite=True,

@@ -15,8 +15,6 @@ import numpy as np
 
 from workbench.merge_search.study import StudyResult
 
-CSV_FILE, PLOT_FILE, REPORT_FILE = "trials.csv", "objective.png", "search.md"
-
 
 def trials_csv(result: StudyResult) -> str:
     """One row per trial: its number, every searched value, each term and the objective."""

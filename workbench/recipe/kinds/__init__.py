@@ -8,6 +8,7 @@ from workbench.recipe.kinds.distill import Distill
 from workbench.recipe.kinds.evaluation import Eval
 from workbench.recipe.kinds.import_model import Import
 from workbench.recipe.kinds.merge import Merge
+from workbench.recipe.kinds.merge_search import MergeSearch
 from workbench.recipe.kinds.sft import Sft
 from workbench.recipe.kinds.student import Student
 
@@ -17,6 +18,7 @@ KINDS: dict[str, StepKind] = {kind.name: kind for kind in (
     Student(),
     Distill(),
     Merge(),
+    MergeSearch(),
     Eval(),
 )}
 
