@@ -154,7 +154,8 @@ def test_finds_the_weights_of_a_known_mix(sampler, tmp_path):
     model, tokenizer = load_model(tmp_path / "mix"), load_tokenizer(tmp_path / "mix")
     answers = [generate_text(model, tokenizer, p, max_new_tokens=6) or "0" for p in PROMPTS]
     data = chat_file(tmp_path / "generated.jsonl", answers)
-    search = {**mix, "search": {
+    search = {**mix, "models": [{"model": str(a), "parameters": {"weight": 1.0}},
+                                {"model": str(b), "parameters": {"weight": 1.0}}], "search": {
         "parameters": {"models[0].parameters.weight": {"low": 0.0, "high": 1.0},
                        "models[1].parameters.weight": {"low": 0.0, "high": 1.0}},
         "objective": [{"data": str(data), "metric": "kl", "reference": str(tmp_path / "mix")}],
@@ -163,6 +164,19 @@ def test_finds_the_weights_of_a_known_mix(sampler, tmp_path):
     found = result.best.values
     assert found["models[0].parameters.weight"] == pytest.approx(0.3, abs=0.05)
     assert found["models[1].parameters.weight"] == pytest.approx(0.6, abs=0.05)
+
+
+def test_first_trial_is_the_config_as_written(models, tmp_path):
+    search = ties_search(models, sampler="tpe", trials=2)
+    search["models"][0]["parameters"]["weight"] = 0.7
+    result = merge_search.run(search, tmp_path / "best", log=lambda line: None)
+    assert result.records[0].values == {"models[0].parameters.weight": 0.7, "models[1].parameters.density": 0.5,
+                                        "parameters.lambda[0]": 1.0, "parameters.lambda[1]": 1.0,
+                                        "parameters.lambda[2]": 1.0}  # lambda: ties' default
+    assert result.records[1].values != result.records[0].values
+    search["models"][0]["parameters"]["weight"] = 1.8  # outside the range: no such first trial
+    outside = merge_search.run(search, tmp_path / "outside", log=lambda line: None)
+    assert outside.records[0].values["models[0].parameters.weight"] != 1.8
 
 
 def test_more_trials_replay_the_cached_ones(models, tmp_path):

@@ -110,6 +110,25 @@ class SearchSpec:
                 entry["parameters"] = dict(entry.get("parameters") or {}, **{dim.name: setting})
         return config
 
+    def start_values(self) -> dict[str, float] | None:
+        """The config as written, as a trial: each searched parameter's own setting (a
+        model's, else the global one, else the method's default), a scalar or a K-point list,
+        when every one is in its range; else None. The search tries it first, so it never
+        ends worse on its objective than the merge it started from."""
+        values = {}
+        for dim in self.dimensions:
+            param = self.merge.spec.parameter(dim.name)
+            scopes = [self.merge.parameters] if dim.model is None else \
+                [self.merge.models[dim.model].parameters, self.merge.parameters]
+            setting = next((scope[dim.name] for scope in scopes if dim.name in scope), param.default)
+            if isinstance(setting, float):
+                setting = [setting] * dim.layers
+            if not isinstance(setting, list) or len(setting) != dim.layers \
+                    or not all(isinstance(v, float) and dim.low <= v <= dim.high for v in setting):
+                return None
+            values.update(zip(dim.labels(), setting))
+        return values
+
     def grid(self) -> dict[str, list[float]]:
         """Each dimension's grid values (sampler 'grid'): ``points`` evenly spaced from low to
         high, rounded to 12 digits so that 0.2 + 0.4 reads 0.6."""

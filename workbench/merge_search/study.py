@@ -1,5 +1,6 @@
 """The search loop: optuna proposes each trial's values, the trial is answered from the cache
-or merged in memory and measured, optuna is told the objective.
+or merged in memory and measured, optuna is told the objective. Trial 1 is the config as
+written when its values lie in the ranges (``SearchSpec.start_values``; not for the grid).
 
 Resuming replays, it does not restore: a run always starts a fresh study with the same seeded
 sampler and asks it for trials 1, 2, ...; a trial whose fingerprint is in the cache is answered
@@ -119,6 +120,9 @@ def run_study(spec: SearchSpec, merged: MergedModel, objective: Objective, cache
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     study = optuna.create_study(direction="minimize", sampler=make_sampler(spec))
+    start = spec.start_values() if spec.sampler != "grid" else None
+    if start is not None:
+        study.enqueue_trial(start)
     trials = min(spec.trials, grid_size(spec)) if spec.sampler == "grid" else spec.trials
     with tqdm(total=trials, desc="merge-search", unit="trial", disable=not progress) as bar:
         loop = _Loop(spec, merged, objective, cache, input_fingerprints, objective.measurement(), trials,
