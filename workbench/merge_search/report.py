@@ -97,8 +97,9 @@ def report_markdown(result: StudyResult, *, source: str, sampler: str, seed: int
         f"# Merge search: {source}",
         "",
         f"{len(result.records)} trials ({len(measured)} measured in this run, "
-        f"{len(result.records) - len(measured)} from the trial cache), sampler {sampler}, seed {seed}, "
-        f"{seconds:.0f} s in all. Best: trial {best.number}, objective {best.objective:.4f} (lower is better).",
+        f"{len(result.records) - len(measured)} from the trial cache), sampler {sampler}, seed {seed}; "
+        f"{seconds:.0f} s in this run, {sum(r.seconds for r in result.records):.0f} s of merging and measuring "
+        f"in all. Best: trial {best.number}, objective {best.objective:.4f} (lower is better).",
         "",
         "## Best trial",
         "",
