@@ -168,4 +168,8 @@ def test_missing_search_file_and_foreign_out_dir(inputs, tmp_path):
     (tmp_path / "mine" / "notes.txt").write_text("keep")
     done = run_workbench("merge-search", search, tmp_path / "mine")
     assert done.returncode == 2 and "not a merge search's output" in done.stderr
+    done = run_workbench("merge-search", search, tmp_path / "mine", "--overwrite")
+    assert done.returncode == 2 and "not a workbench output" in done.stderr
+    assert "trial 1" not in done.stderr  # refused before the search, not after it
     assert (tmp_path / "mine" / "notes.txt").read_text() == "keep"
+    assert not (tmp_path / "mine.trials").exists()

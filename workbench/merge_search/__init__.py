@@ -123,8 +123,14 @@ def _objective_inputs(spec: SearchSpec) -> dict:
 
 def _check_out_dir(out_dir: Path, overwrite: bool) -> None:
     """An existing OUT_DIR is replaced only when it is an earlier search's best merge, or
-    with ``overwrite``."""
-    if not out_dir.exists() or overwrite:
+    with ``overwrite`` a directory the workbench wrote (never a user's folder); checked before
+    the search, not after it."""
+    from workbench import atomic
+
+    if not out_dir.exists():
+        return
+    if overwrite:
+        atomic.check_replaceable(out_dir)
         return
     try:
         lineage = Checkpoint(out_dir).lineage or {}

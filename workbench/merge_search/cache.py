@@ -6,8 +6,8 @@ trial's values, each input checkpoint's content fingerprint, each objective term
 (the combined objective is recomputed from them) nor the trial's number: the same merge
 measured the same way is the same trial, whichever search asks for it.
 
-Each file is written whole or not at all (temp file, fsync, rename), so a search killed at any
-instant leaves only finished trials; the next run answers them from here.
+Each file is written whole or not at all (``workbench.atomic``: temp file, fsync, rename), so a
+search killed at any instant leaves only finished trials; the next run answers them from here.
 """
 
 from __future__ import annotations
@@ -16,6 +16,8 @@ import hashlib
 import json
 import os
 from pathlib import Path
+
+from workbench import atomic
 
 CACHE_VERSION = 1
 
@@ -33,6 +35,7 @@ class TrialCache:
 
     def __init__(self, directory: str | os.PathLike):
         self.directory = Path(directory)
+        atomic.recover(parent=self.directory)  # a killed search's half-written trial file
 
     def _path(self, key: str) -> Path:
         return self.directory / f"{key}.json"
@@ -46,18 +49,4 @@ class TrialCache:
             return None
 
     def put(self, key: str, record: dict) -> None:
-        self.directory.mkdir(parents=True, exist_ok=True)
-        _write_json(self._path(key), record)
-
-    def __len__(self) -> int:
-        return len(list(self.directory.glob("*.json"))) if self.directory.is_dir() else 0
-
-
-def _write_json(path: Path, obj: dict) -> None:
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    with open(tmp, "w") as f:
-        json.dump(obj, f, indent=1, sort_keys=True)
-        f.write("\n")
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+        atomic.write_json(self._path(key), record, indent=1)
