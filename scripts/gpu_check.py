@@ -136,7 +136,10 @@ def part_qlora(work: Path, device_name: str, steps: int) -> str:
     from workbench.data import pad_collate, prepare_datasets
     from workbench.modeling import load_tokenizer
     from workbench.sft.lora import apply_lora
-    from workbench.training import TrainingConfig, causal_lm_objective, setup_distributed, train
+    from workbench.training.config import TrainingConfig
+    from workbench.training.distributed import setup
+    from workbench.training.loop import train
+    from workbench.training.objectives import causal_lm_objective
 
     quantization = BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4",
                                       bnb_4bit_compute_dtype=torch.bfloat16)
@@ -148,7 +151,7 @@ def part_qlora(work: Path, device_name: str, steps: int) -> str:
                             precision="bf16", progress=False)
     torch.cuda.reset_peak_memory_stats()
     collate = lambda batch: pad_collate(batch, pad_id=tokenizer.pad_token_id or 0)  # noqa: E731
-    train(model, rows, [], collate, config, work / "qlora", setup_distributed(), causal_lm_objective)
+    train(model, rows, [], collate, config, work / "qlora", setup(), causal_lm_objective)
     events = [json.loads(line) for line in (work / "qlora" / "events.jsonl").read_text().splitlines()]
     first, last, speed = events[0]["train_loss"], events[-1]["train_loss"], events[-1]["tokens_per_second"]
     ok = math.isfinite(last) and last < first

@@ -12,7 +12,8 @@ from tests.test_atomic import run_killed, user_folder
 from tests.test_training import VOCAB, config, make_rows, pad
 from tests.tiny_models import make_model
 from workbench.checkpoint import Checkpoint
-from workbench.training import causal_lm_objective, train
+from workbench.training.loop import train
+from workbench.training.objectives import causal_lm_objective
 from workbench.training.distributed import Dist
 
 

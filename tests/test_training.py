@@ -14,7 +14,9 @@ import torch.nn.functional as F
 from tests.tiny_models import make_model
 from workbench.data import TokenizedExample, pack_examples, packed_collate, pad_collate
 from workbench.errors import ConfigError
-from workbench.training import TrainingConfig, TrainingDivergedError, causal_lm_objective, train
+from workbench.training.config import TrainingConfig
+from workbench.training.loop import TrainingDivergedError, train
+from workbench.training.objectives import causal_lm_objective
 from workbench.training.distributed import Dist
 from workbench.training.loop import ObjectiveModule, StepPlan, accumulate_gradients
 from workbench.training.optim import lr_multiplier

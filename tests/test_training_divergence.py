@@ -13,7 +13,8 @@ from safetensors.torch import load_file
 
 from tests.test_training import VOCAB, config, make_rows, pad
 from tests.tiny_models import make_model
-from workbench.training import TrainingDivergedError, causal_lm_objective, train
+from workbench.training.loop import TrainingDivergedError, train
+from workbench.training.objectives import causal_lm_objective
 from workbench.training.distributed import Dist
 from workbench.training.loop import ObjectiveModule, StepPlan, accumulate_gradients, all_finite
 from workbench.training.optim import build_optimizer, build_scheduler

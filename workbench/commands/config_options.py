@@ -43,7 +43,7 @@ def config_options(cls, help_texts: dict[str, str]):
 
 def config_from_cli(cls, config_file: str | None, given: dict):
     """The config from the YAML file (if any) overlaid with the options given on the command line."""
-    from workbench.training import config_from_dict
+    from workbench.training.config import config_from_dict
 
     values = {}
     if config_file:

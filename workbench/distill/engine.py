@@ -20,10 +20,10 @@ from workbench.distill.config import DistillConfig
 from workbench.distill.objective import DistillObjective, check_same_tokenizer
 from workbench.distill.on_policy import OnPolicyObjective, stop_token_ids
 from workbench.distill.student import LINEAGE_KIND as STUDENT_INIT
-from workbench.training import setup_distributed, train
-from workbench.training.distributed import barrier
-from workbench.training.fsdp import ShardedTeacher, check_fsdp_launch, empty_model
+from workbench.training.distributed import barrier, setup
 from workbench.training.events import plot_loss_curve
+from workbench.training.fsdp import ShardedTeacher, check_fsdp_launch, empty_model
+from workbench.training.loop import train
 from workbench.training.rundir import check_resume_from, check_run_dir, start_run_dir, write_final_model
 
 
@@ -34,7 +34,7 @@ def run(config: DistillConfig) -> Checkpoint:
     from workbench.modeling import load_model, load_tokenizer
 
     config.validate()
-    ctx = setup_distributed()
+    ctx = setup()
     check_fsdp_launch(config, ctx)
     student = Checkpoint(config.student)
     teacher = Checkpoint(config.teacher) if config.teacher else None

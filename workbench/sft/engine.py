@@ -19,10 +19,11 @@ from workbench.checkpoint import Checkpoint, file_fingerprint, make_lineage
 from workbench.errors import ConfigError
 from workbench.sft.config import ADAPTER_DIR, SFTConfig
 from workbench.sft.lora import apply_lora, unsharded_lora_copy
-from workbench.training import causal_lm_objective, setup_distributed, train
-from workbench.training.distributed import barrier
-from workbench.training.fsdp import check_fsdp_launch, empty_model
+from workbench.training.distributed import barrier, setup
 from workbench.training.events import plot_loss_curve
+from workbench.training.fsdp import check_fsdp_launch, empty_model
+from workbench.training.loop import train
+from workbench.training.objectives import causal_lm_objective
 from workbench.training.rundir import check_resume_from, check_run_dir, start_run_dir, write_final_model
 
 
@@ -32,7 +33,7 @@ def run(config: SFTConfig) -> Checkpoint:
     from workbench.modeling import load_model, load_tokenizer
 
     config.validate()
-    ctx = setup_distributed()
+    ctx = setup()
     check_fsdp_launch(config, ctx)
     base = Checkpoint(config.model)
     out = Path(config.out)

@@ -1,26 +1,12 @@
-"""The training loop shared by every engine that trains (sft, distill): config, objective
-contract, loop, checkpoints and resume, metrics, data parallelism.
+"""The training loop shared by every engine that trains (sft, distill).
 
-Names are imported lazily so that reading a config (e.g. for `--help`) does not load torch.
+One module a purpose; import from them directly (this package re-exports nothing, so that
+reading a config, e.g. for `--help`, does not load torch):
+
+- ``config``: the loop's hyperparameters (``TrainingConfig``).
+- ``loop``: ``train``, the one visible training loop; ``TrainingDivergedError``.
+- ``objectives``: the objective contract and ``causal_lm_objective``.
+- ``distributed``: ``setup`` (torchrun's process group) and ``Dist``.
+- ``optim``, ``state``, ``rundir``, ``events``: optimizer and schedule, checkpoints and resume,
+  the run directory, metrics.
 """
-
-from importlib import import_module
-
-_EXPORTS = {
-    "TrainingConfig": "workbench.training.config",
-    "config_from_dict": "workbench.training.config",
-    "Dist": "workbench.training.distributed",
-    "setup_distributed": "workbench.training.distributed",
-    "TrainResult": "workbench.training.loop",
-    "TrainingDivergedError": "workbench.training.loop",
-    "train": "workbench.training.loop",
-    "causal_lm_objective": "workbench.training.objectives",
-}
-__all__ = list(_EXPORTS)
-
-
-def __getattr__(name: str):
-    if name not in _EXPORTS:
-        raise AttributeError(f"module 'workbench.training' has no attribute '{name}'")
-    attribute = "setup" if name == "setup_distributed" else name
-    return getattr(import_module(_EXPORTS[name]), attribute)
