@@ -51,6 +51,7 @@ def main() -> None:
     from workbench import distill, sft
     from workbench.evaluate import EvalConfig
     from workbench.evaluate import run as evaluate
+    from workbench.training.fields import config_from_dict
 
     work = Path(args.work)
     work.mkdir(parents=True, exist_ok=True)
@@ -65,11 +66,12 @@ def main() -> None:
         out = str(work / name)
         started = time.perf_counter()
         if kind == "sft":
-            config = sft.SFTConfig(model=start, out=out, overwrite=True, **{**defaults, **settings})
+            config = config_from_dict(sft.SFTConfig, {"model": start, "out": out, "overwrite": True, **defaults,
+                                                          **settings})
             trained[name] = str(sft.run(config).path)
         else:
-            config = distill.DistillConfig(teacher=args.teacher, student=start, out=out, overwrite=True,
-                                           **{**defaults, **settings})
+            config = config_from_dict(distill.DistillConfig, {"teacher": args.teacher, "student": start, "out": out,
+                                                                  "overwrite": True, **defaults, **settings})
             trained[name] = str(distill.run(config).path)
         print(f"{name}: trained in {time.perf_counter() - started:.0f}s", flush=True)
 

@@ -15,6 +15,7 @@ from workbench.distill import DistillConfig, init_student, run
 from workbench.distill.cache import build_teacher_cache
 from workbench.errors import ConfigError
 from workbench.modeling import load_model, load_tokenizer
+from workbench.training.fields import config_from_dict
 
 WORDS = ["hello", "cat", "dog", "stone", "abc", "paris", "rome", "four", "two", "fox"]
 
@@ -45,7 +46,7 @@ def config(setup, out, **overrides) -> DistillConfig:
                   val_data=str(setup["val"]), out=str(out), epochs=1, batch_size=4, max_steps=3, lr=1e-2,
                   max_length=64, chunk_size=7, progress=False)
     values.update(overrides)
-    return DistillConfig(**values)
+    return config_from_dict(DistillConfig, values)
 
 
 def plain_validation_metrics(student_dir, teacher_dir, data_path, val_path, spec) -> dict:

@@ -30,6 +30,7 @@ from workbench.distill import run as distill_run
 from workbench.errors import ConfigError
 from workbench.sft import SFTConfig
 from workbench.sft import run as sft_run
+from workbench.training.fields import config_from_dict
 
 TORCHRUN = (sys.executable, "-m", "torch.distributed.run")
 STEPS = 6  # 22 training rows (2 held out), 2 ranks x batch 2 -> 6 steps per epoch
@@ -108,7 +109,7 @@ def fsdp_sft(tiny_llama, data, tmp_path_factory):
 
 def test_sft_fsdp_trains_like_data_parallel_and_one_process(fsdp_sft, tiny_llama, data, tmp_path):
     torchrun("sft", sft_settings(tiny_llama, data, tmp_path / "ddp"))
-    sft_run(SFTConfig(**sft_settings(tiny_llama, data, tmp_path / "one", grad_accum=2)))
+    sft_run(config_from_dict(SFTConfig, sft_settings(tiny_llama, data, tmp_path / "one", grad_accum=2)))
     assert_same_training(fsdp_sft, tmp_path / "one")
     assert_same_training(tmp_path / "ddp", tmp_path / "one")
     base = load_file(str(tiny_llama / "model.safetensors"))
@@ -142,7 +143,7 @@ def test_kill_9_under_fsdp_then_rerun_gives_bitwise_the_uninterrupted_weights(fs
 def test_lora_under_fsdp_trains_like_one_process_and_writes_adapter_and_merged_model(tiny_llama, data, tmp_path):
     lora = dict(lora_rank=4, lora_targets="q_proj,v_proj", lr=2e-2, save_every=0)
     torchrun("sft", sft_settings(tiny_llama, data, tmp_path / "fsdp", fsdp=True, **lora))
-    sft_run(SFTConfig(**sft_settings(tiny_llama, data, tmp_path / "one", grad_accum=2, **lora)))
+    sft_run(config_from_dict(SFTConfig, sft_settings(tiny_llama, data, tmp_path / "one", grad_accum=2, **lora)))
     assert_same_training(tmp_path / "fsdp", tmp_path / "one")
     adapter = load_file(str(tmp_path / "fsdp" / "adapter" / "adapter_model.safetensors"))
     expected = load_file(str(tmp_path / "one" / "adapter" / "adapter_model.safetensors"))
@@ -197,7 +198,7 @@ def distill_settings(setup, out, **overrides) -> dict:
 def test_distill_fsdp_trains_like_data_parallel_and_one_process(distill_setup, tmp_path):
     torchrun("distill", distill_settings(distill_setup, tmp_path / "fsdp", fsdp=True))
     torchrun("distill", distill_settings(distill_setup, tmp_path / "ddp"))
-    distill_run(DistillConfig(**distill_settings(distill_setup, tmp_path / "one", grad_accum=2)))
+    distill_run(config_from_dict(DistillConfig, distill_settings(distill_setup, tmp_path / "one", grad_accum=2)))
     assert_same_training(tmp_path / "fsdp", tmp_path / "one")
     assert_same_training(tmp_path / "ddp", tmp_path / "one")
     student = load_file(str(distill_setup["student"] / "model.safetensors"))
@@ -235,9 +236,10 @@ def test_fsdp_in_one_process_is_refused_in_one_line_and_writes_nothing(tiny_llam
 
 
 @pytest.mark.parametrize("config, message", [
-    (DistillConfig(teacher="t", student="s", data="d", out="o", fsdp=True, on_policy=0.5),
+    (config_from_dict(DistillConfig, dict(teacher="t", student="s", data="d", out="o", fsdp=True, on_policy=0.5)),
      "on_policy sampling is not supported with fsdp"),
-    (DistillConfig(teacher="t", student="s", data="d", out="o", fsdp=True, teacher_device="cpu"),
+    (config_from_dict(DistillConfig, dict(teacher="t", student="s", data="d", out="o", fsdp=True,
+                                          teacher_device="cpu")),
      "fsdp shards the teacher over the same devices"),
 ])
 def test_fsdp_with_an_option_it_cannot_honour_is_refused(config, message):
@@ -251,7 +253,8 @@ def test_resuming_with_another_world_size_names_both_and_touches_nothing(fsdp_sf
     before = {p.relative_to(out): p.stat().st_mtime_ns for p in out.rglob("*")}
     recorded = json.loads((out / "run.json").read_text())
     settings = {key: recorded[key] for key in ("model", "data", "batch_size", "lr", "max_length")}
-    longer = SFTConfig(**settings, out=str(out), epochs=2, resume=True, progress=False)
+    longer = config_from_dict(SFTConfig, {**settings, "out": str(out), "epochs": 2, "resume": True,
+                                          "progress": False})
     with pytest.raises(ConfigError, match=f"step-{STEPS:07d}: was written by 2 processes and this run has 1; "
                                           "resume with 2"):
         sft_run(longer)

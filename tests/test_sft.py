@@ -16,6 +16,7 @@ from safetensors.torch import load_file
 
 from tests.cli_helpers import REPO_ROOT
 from workbench.sft import SFTConfig, run
+from workbench.training.fields import config_from_dict, flat_fields
 
 WORDS = ["hello", "cat", "dog", "stone", "abc", "paris", "rome", "four", "two", "fox"]
 
@@ -38,6 +39,9 @@ def sft_args(model, data, out, *extra) -> list[str]:
             "--no-progress", *extra]
 
 
+FIELD_TYPES = {flat.name: flat.type for flat in flat_fields(SFTConfig)}
+
+
 def config_from_args(args: list[str]) -> SFTConfig:
     values = {}
     it = iter(args)
@@ -46,10 +50,10 @@ def config_from_args(args: list[str]) -> SFTConfig:
         if key == "no_progress":
             values["progress"] = False
             continue
-        field_type = SFTConfig.__dataclass_fields__[key].type
+        field_type = FIELD_TYPES[key]
         raw = next(it)
-        values[key] = int(raw) if field_type == "int" else float(raw) if field_type == "float" else raw
-    return SFTConfig(**values)
+        values[key] = field_type(raw) if field_type in (int, float) else raw
+    return config_from_dict(SFTConfig, values)
 
 
 def workbench_process(*args, launcher=(sys.executable, "-m", "workbench")) -> subprocess.Popen:
@@ -144,7 +148,7 @@ def test_resume_continues_a_finished_run_with_more_epochs(tiny_llama, chat_data,
     run(config_from_args(sft_args(tiny_llama, chat_data, out, "--epochs", "1")))
     assert steps_logged(out) == list(range(1, 7))
     longer = config_from_args(sft_args(tiny_llama, chat_data, out, "--epochs", "2"))
-    longer.resume = True
+    longer.train.resume = True
     checkpoint = run(longer)
     assert steps_logged(out) == list(range(1, 13))
     assert checkpoint.lineage["parameters"]["epochs"] == 2 and checkpoint.lineage["metrics"]["step"] == 12

@@ -99,7 +99,7 @@ def test_yaml_config_is_overridden_by_command_line_values(tmp_path):
     config_file = tmp_path / "sft.yaml"
     config_file.write_text("model: base\ndata: train.jsonl\nout: run\nlr: 0.001\nlora-rank: 8\n")
     config = config_from_cli(SFTConfig, str(config_file), {"lr": 0.01, "epochs": None})
-    assert (config.lr, config.lora_rank, config.epochs, config.model) == (0.01, 8, 3, "base")
+    assert (config.train.lr, config.lora_rank, config.train.epochs, config.model) == (0.01, 8, 3, "base")
     config_file.write_text("model: base\ndata: train.jsonl\nout: run\nlearning_rate: 0.001\n")
     with pytest.raises(ConfigError, match="unknown key 'learning_rate'"):
         config_from_cli(SFTConfig, str(config_file), {})

@@ -7,9 +7,7 @@ import os
 import click
 
 from workbench.commands.config_options import config_from_cli, config_options
-from workbench.commands.sft import HELP as SFT_HELP
 from workbench.distill.config import DistillConfig
-from workbench.training.config import TrainingConfig
 
 
 @click.group("student")
@@ -38,34 +36,8 @@ def student_init(teacher: str, out_dir: str, num_layers: int | None, layers: str
                f"teacher's {metrics['teacher_parameters']:,})")
 
 
-HELP = {
-    **{key: SFT_HELP[key] for key in TrainingConfig.field_names()},
-    "teacher": "Teacher checkpoint (not needed with --teacher-cache).",
-    "student": "Student checkpoint with the teacher's tokenizer (see `workbench student init`).",
-    "data": "Training data: chat JSONL ({'messages': [...]}) or prompt/completion JSONL.",
-    "out": "Output directory: the distilled student plus events, loss.png, checkpoints/.",
-    "val_data": "Validation JSONL (default: hold out --val-split of --data).",
-    "val_split": "Share of --data held out for validation when no --val-data.",
-    "truncation": "Examples longer than --max-length: truncate | drop.",
-    "loss": "reverse_kl (KL(student||teacher)) | forward_kl (KL(teacher||student)) | jsd.",
-    "beta": "jsd mixture weight of the teacher: 0 is forward_kl, 1 is reverse_kl.",
-    "temperature": "Softmax temperature of both models in the KD term (loss scaled by T^2).",
-    "alpha": "Weight of the KD loss; 1 - alpha goes to cross-entropy on the labels.",
-    "chunk_size": "Tokens per chunk of the loss; memory ~ chunk x vocab (0: auto, 512 at vocab 49152).",
-    "teacher_top_k": "Compare with the online teacher over its top-k ids plus one bucket for the rest, "
-                     "as a cache does (0: whole vocab).",
-    "teacher_dtype": "Teacher weights dtype: float32 | bfloat16 | float16 (default: its own).",
-    "teacher_device": "Teacher device, e.g. cpu or cuda:1 (default: the student's).",
-    "on_policy": "Share of batches whose answers the student samples itself, scored by the teacher "
-                 "(GKD; TRL's lmbda): 0 off, 1 always.",
-    "sample_temperature": "Temperature of the student's on-policy samples (0: greedy).",
-    "max_new_tokens": "Longest on-policy answer the student samples, in tokens.",
-    "teacher_cache": "Use a cache from `workbench distill cache-teacher` instead of running the teacher.",
-}
-
-
 @click.group("distill", invoke_without_command=True)
-@config_options(DistillConfig, HELP)
+@config_options(DistillConfig)
 @click.pass_context
 def distill(ctx: click.Context, config_file: str | None, **given) -> None:
     """Distill a teacher into a student on chat data; OUT becomes the distilled student.

@@ -1,58 +1,61 @@
-"""Distillation settings: the training loop's hyperparameters plus teacher, student, data, loss."""
+"""Distillation settings: teacher, student, loss, on-policy sampling, plus the data and
+training-loop parts every training engine shares (``workbench.training.config``); options are
+seen flat (``--lr``, ``lr:``), see ``workbench.training.fields``."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
 from workbench.errors import ConfigError
-from workbench.training.config import TrainingConfig
+from workbench.training.config import DataConfig, TrainingConfig, run_identity
+from workbench.training.fields import option, part
 
-TRUNCATION_MODES = ("truncate", "drop")
 TEACHER_DTYPES = ("float32", "bfloat16", "float16")
+# settings that do not change what a run computes
+VOLATILE = ("resume", "overwrite", "progress", "out", "teacher_device", "chunk_size")
 
 
-@dataclass
-class DistillConfig(TrainingConfig):
-    teacher: str = ""
-    student: str = ""
-    data: str = ""
-    out: str = ""
-    val_data: str | None = None
-    val_split: float = 0.1
-    truncation: str = "truncate"
-    loss: str = "reverse_kl"
-    beta: float = 0.5
-    temperature: float = 1.0
-    alpha: float = 1.0
-    chunk_size: int = 0
-    teacher_top_k: int = 0
-    teacher_dtype: str | None = None
-    teacher_device: str | None = None
-    teacher_cache: str | None = None
-    on_policy: float = 0.0
-    sample_temperature: float = 1.0
-    max_new_tokens: int = 128
-    lr: float = 1e-4
+@dataclass(slots=True)
+class DistillConfig:
+    teacher: str = option("", "Teacher checkpoint (not needed with --teacher-cache).")
+    student: str = option("", "Student checkpoint with the teacher's tokenizer (see `workbench student init`).")
+    dataset: DataConfig = part(DataConfig)
+    out: str = option("", "Output directory: the distilled student plus events, loss.png, checkpoints/.")
+    loss: str = option("reverse_kl", "reverse_kl (KL(student||teacher)) | forward_kl (KL(teacher||student)) | jsd.")
+    beta: float = option(0.5, "jsd mixture weight of the teacher: 0 is forward_kl, 1 is reverse_kl.")
+    temperature: float = option(1.0, "Softmax temperature of both models in the KD term (loss scaled by T^2).")
+    alpha: float = option(1.0, "Weight of the KD loss; 1 - alpha goes to cross-entropy on the labels.")
+    chunk_size: int = option(0, "Tokens per chunk of the loss; memory ~ chunk x vocab (0: auto, 512 at vocab "
+                                "49152).")
+    teacher_top_k: int = option(0, "Compare with the online teacher over its top-k ids plus one bucket for the "
+                                   "rest, as a cache does (0: whole vocab).")
+    teacher_dtype: str | None = option(None, "Teacher weights dtype: float32 | bfloat16 | float16 (default: its "
+                                             "own).")
+    teacher_device: str | None = option(None, "Teacher device, e.g. cpu or cuda:1 (default: the student's).")
+    teacher_cache: str | None = option(None, "Use a cache from `workbench distill cache-teacher` instead of "
+                                             "running the teacher.")
+    on_policy: float = option(0.0, "Share of batches whose answers the student samples itself, scored by the "
+                                   "teacher (GKD; TRL's lmbda): 0 off, 1 always.")
+    sample_temperature: float = option(1.0, "Temperature of the student's on-policy samples (0: greedy).")
+    max_new_tokens: int = option(128, "Longest on-policy answer the student samples, in tokens.")
+    train: TrainingConfig = part(TrainingConfig, lr=1e-4)
 
     def validate(self) -> None:
-        for key in ("student", "data", "out"):
-            if not getattr(self, key):
+        for key, value in (("student", self.student), ("data", self.dataset.data), ("out", self.out)):
+            if not value:
                 raise ConfigError(f"{key} is required")
         if not self.teacher and not self.teacher_cache:
             raise ConfigError("teacher is required (or teacher_cache, made by `workbench distill cache-teacher`)")
-        super().validate()
+        self.train.validate()
         self.loss_spec.validate()
-        if not 0 <= self.val_split < 1:
-            raise ConfigError(f"val_split must be in [0, 1), got {self.val_split!r}")
-        if self.truncation not in TRUNCATION_MODES:
-            raise ConfigError(f"truncation must be one of {', '.join(TRUNCATION_MODES)}, got {self.truncation!r}")
+        self.dataset.validate()
         self.validate_on_policy()
         if self.teacher_top_k and self.teacher_cache:
             raise ConfigError("teacher_top_k applies to the online teacher; a teacher cache already holds "
                               "its own top-k (drop one of them)")
-        if self.fsdp and self.teacher_device:
+        if self.train.fsdp and self.teacher_device:
             raise ConfigError("fsdp shards the teacher over the same devices as the student; drop teacher_device")
-        if self.fsdp and self.on_policy:
+        if self.train.fsdp and self.on_policy:
             raise ConfigError("on_policy sampling is not supported with fsdp (generation from a sharded "
                               "student); use data parallelism (torchrun without --fsdp) or on_policy 0")
         if self.teacher_dtype is not None and self.teacher_dtype not in TEACHER_DTYPES:
@@ -72,7 +75,7 @@ class DistillConfig(TrainingConfig):
         if self.on_policy and self.alpha != 1:
             raise ConfigError("on_policy batches hold the student's own answers, which have no label for "
                               "cross-entropy: use alpha 1 with on_policy")
-        if self.on_policy and self.packing:
+        if self.on_policy and self.train.packing:
             raise ConfigError("on_policy samples one answer per row; it needs packing off")
 
     @property
@@ -84,9 +87,4 @@ class DistillConfig(TrainingConfig):
 
     def run_identity(self) -> dict:
         """The settings that define a run: a directory holding another identity is another run."""
-        fields = self.training_fields()
-        for volatile in ("resume", "overwrite", "progress", "out", "teacher_device", "chunk_size"):
-            fields.pop(volatile)
-        if not fields["fsdp"]:
-            fields.pop("fsdp")  # runs from before --fsdp existed keep their identity
-        return fields
+        return run_identity(self, VOLATILE)

@@ -29,13 +29,14 @@ from workbench.training.rundir import check_resume_from, check_run_dir, start_ru
 
 def run(config: DistillConfig) -> Checkpoint:
     """Distill ``config.teacher`` (or ``config.teacher_cache``) into ``config.student`` on
-    ``config.data``, writing ``config.out``; return the distilled checkpoint."""
+    ``config.dataset.data``, writing ``config.out``; return the distilled checkpoint."""
     from workbench.data import pack_examples, packed_collate, pad_collate, prepare_datasets
     from workbench.modeling import load_model, load_tokenizer
 
     config.validate()
     ctx = setup()
-    check_fsdp_launch(config, ctx)
+    check_fsdp_launch(config.train, ctx)
+    val_data = config.dataset.val_data
     student = Checkpoint(config.student)
     teacher = Checkpoint(config.teacher) if config.teacher else None
     tokenizer = load_tokenizer(student.path)
@@ -43,8 +44,8 @@ def run(config: DistillConfig) -> Checkpoint:
     if config.teacher_cache:
         cache = TeacherCache.open(config.teacher_cache)
         cache.check_matches(
-            data_fingerprint=file_fingerprint(config.data),
-            val_data_fingerprint=file_fingerprint(config.val_data) if config.val_data else None,
+            data_fingerprint=file_fingerprint(config.dataset.data),
+            val_data_fingerprint=file_fingerprint(val_data) if val_data else None,
             teacher_fingerprint=teacher.fingerprint() if teacher else None,
             tokenizer_print=tokenizer_fingerprint(tokenizer),
             settings=data_settings(config) | {"temperature": config.temperature})
@@ -60,22 +61,23 @@ def run(config: DistillConfig) -> Checkpoint:
               "(or --alpha below 1) first, then with reverse KL (docs/distill.md, Real result)", file=sys.stderr)
 
     out = Path(config.out)
-    inputs = {"student": student, "data": config.data, **({"teacher": teacher} if teacher else {}),
-              **({"val_data": config.val_data} if config.val_data else {})}
+    inputs = {"student": student, "data": config.dataset.data, **({"teacher": teacher} if teacher else {}),
+              **({"val_data": val_data} if val_data else {})}
     identity = {**config.run_identity(), "student_fingerprint": student.fingerprint(),
                 "teacher_fingerprint": teacher.fingerprint() if teacher else cache.manifest["teacher_fingerprint"],
-                "data_fingerprint": file_fingerprint(config.data),
-                "val_data_fingerprint": file_fingerprint(config.val_data) if config.val_data else None}
-    status = check_run_dir(out, identity, resume=config.resume, overwrite=config.overwrite)
+                "data_fingerprint": file_fingerprint(config.dataset.data),
+                "val_data_fingerprint": file_fingerprint(val_data) if val_data else None}
+    status = check_run_dir(out, identity, resume=config.train.resume, overwrite=config.train.overwrite)
     if status == "done":
         return Checkpoint(out)
 
     train_examples, val_examples, stats = prepare_datasets(
-        config.data, tokenizer, config.max_length, val_path=config.val_data, val_split=config.val_split,
-        seed=config.seed, truncation=config.truncation)
+        config.dataset.data, tokenizer, config.train.max_length, val_path=val_data,
+        val_split=config.dataset.val_split, seed=config.train.seed, truncation=config.dataset.truncation)
     pad_id = tokenizer.pad_token_id or 0
-    if config.packing:
-        train_rows, val_rows = pack_examples(train_examples, config.max_length), pack_examples(val_examples, config.max_length)
+    if config.train.packing:
+        train_rows = pack_examples(train_examples, config.train.max_length)
+        val_rows = pack_examples(val_examples, config.train.max_length)
         collate = partial(packed_collate, pad_id=pad_id)
     else:
         train_rows, val_rows = train_examples, val_examples
@@ -84,29 +86,32 @@ def run(config: DistillConfig) -> Checkpoint:
         collate = cached_collate(collate, cache)
         objective = DistillObjective(config.loss_spec)
     else:
-        if config.fsdp:  # each rank reads only its shards of the teacher
+        if config.train.fsdp:  # each rank reads only its shards of the teacher
             teacher_model = ShardedTeacher(empty_model(teacher.path, parse_dtype(config.teacher_dtype)),
-                                           ctx, config.precision)
+                                           ctx, config.train.precision)
         else:
             teacher_model = load_model(teacher.path, dtype=parse_dtype(config.teacher_dtype),
                                        device=config.teacher_device or str(ctx.device))
         objective = DistillObjective(config.loss_spec, teacher_model, device=ctx.device)
 
-    torch.manual_seed(config.seed)
-    model = empty_model(student.path, torch.float32) if config.fsdp else load_model(student.path, dtype=torch.float32)
+    torch.manual_seed(config.train.seed)
+    if config.train.fsdp:
+        model = empty_model(student.path, torch.float32)
+    else:
+        model = load_model(student.path, dtype=torch.float32)
     eval_objective = objective
     if config.on_policy:
         objective = OnPolicyObjective(
             objective, fraction=config.on_policy, max_new_tokens=config.max_new_tokens,
-            temperature=config.sample_temperature, max_length=config.max_length, pad_id=pad_id,
+            temperature=config.sample_temperature, max_length=config.train.max_length, pad_id=pad_id,
             eos_ids=stop_token_ids(model, tokenizer))
     if status == "continue":
-        check_resume_from(out, ctx, config.fsdp)
+        check_resume_from(out, ctx, config.train.fsdp)
     barrier(ctx)  # every rank has checked its inputs; only now is anything written
     if ctx.is_main:
-        start_run_dir(out, identity, status, config.overwrite)
+        start_run_dir(out, identity, status, config.train.overwrite)
     barrier(ctx)
-    result = train(model, train_rows, val_rows, collate, config, out, ctx, objective, eval_objective)
+    result = train(model, train_rows, val_rows, collate, config.train, out, ctx, objective, eval_objective)
     lineage = None
     if ctx.is_main:
         plot_loss_curve(out)
@@ -119,8 +124,8 @@ def run(config: DistillConfig) -> Checkpoint:
 
 def data_settings(config) -> dict:
     """The settings that decide which tokenized examples the data pipeline produces."""
-    return {"max_length": config.max_length, "truncation": config.truncation,
-            "val_split": config.val_split, "seed": config.seed}
+    return {"max_length": config.train.max_length, "truncation": config.dataset.truncation,
+            "val_split": config.dataset.val_split, "seed": config.train.seed}
 
 
 def reverse_kl_from_a_fresh_cut(student: Checkpoint, config: DistillConfig) -> bool:

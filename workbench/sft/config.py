@@ -1,39 +1,40 @@
-"""SFT settings: the training loop's hyperparameters plus model, data, output and LoRA."""
+"""SFT settings: the model, its data and output, LoRA, and the training loop's hyperparameters.
+
+The data and training options are the parts every training engine shares
+(``workbench.training.config``); options are seen flat (``--lr``, ``lr:``), see
+``workbench.training.fields``.
+"""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
 from workbench.errors import ConfigError
-from workbench.training.config import TrainingConfig
+from workbench.training.config import DataConfig, TrainingConfig, run_identity
+from workbench.training.fields import option, part
 
-TRUNCATION_MODES = ("truncate", "drop")
 # A LoRA run's peft adapter, beside the merged weights in OUT (recipes name it as STEP after '+').
 ADAPTER_DIR = "adapter"
+VOLATILE = ("resume", "overwrite", "progress", "out")  # settings that do not change what a run computes
 
 
-@dataclass
-class SFTConfig(TrainingConfig):
-    model: str = ""
-    data: str = ""
-    out: str = ""
-    val_data: str | None = None
-    val_split: float = 0.1
-    truncation: str = "truncate"
-    lora_rank: int = 0
-    lora_alpha: float = 16.0
-    lora_targets: str = "all-linear"
-    lora_dropout: float = 0.0
+@dataclass(slots=True)
+class SFTConfig:
+    model: str = option("", "Base checkpoint directory.")
+    dataset: DataConfig = part(DataConfig)
+    out: str = option("", "Output directory: the fine-tuned checkpoint plus events, loss.png, checkpoints/.")
+    lora_rank: int = option(0, "LoRA rank (0: full fine-tuning).")
+    lora_alpha: float = option(16.0, "LoRA alpha (scale = alpha / rank).")
+    lora_targets: str = option("all-linear", "Comma-separated module names, or all-linear.")
+    lora_dropout: float = option(0.0, "Dropout on the LoRA input.")
+    train: TrainingConfig = part(TrainingConfig)
 
     def validate(self) -> None:
-        for key in ("model", "data", "out"):
-            if not getattr(self, key):
+        for key, value in (("model", self.model), ("data", self.dataset.data), ("out", self.out)):
+            if not value:
                 raise ConfigError(f"{key} is required")
-        super().validate()
-        if not 0 <= self.val_split < 1:
-            raise ConfigError(f"val_split must be in [0, 1), got {self.val_split!r}")
-        if self.truncation not in TRUNCATION_MODES:
-            raise ConfigError(f"truncation must be one of {', '.join(TRUNCATION_MODES)}, got {self.truncation!r}")
+        self.train.validate()
+        self.dataset.validate()
         if not isinstance(self.lora_rank, int) or self.lora_rank < 0:
             raise ConfigError(f"lora_rank must be an integer >= 0 (0 = full fine-tuning), got {self.lora_rank!r}")
         if not self.lora_alpha > 0:
@@ -50,9 +51,4 @@ class SFTConfig(TrainingConfig):
 
     def run_identity(self) -> dict:
         """The settings that define a run: a directory holding another identity is another run."""
-        fields = self.training_fields()
-        for volatile in ("resume", "overwrite", "progress", "out"):
-            fields.pop(volatile)
-        if not fields["fsdp"]:
-            fields.pop("fsdp")  # runs from before --fsdp existed keep their identity
-        return fields
+        return run_identity(self, VOLATILE)

@@ -28,36 +28,38 @@ from workbench.training.rundir import check_resume_from, check_run_dir, start_ru
 
 
 def run(config: SFTConfig) -> Checkpoint:
-    """Fine-tune ``config.model`` on ``config.data`` into ``config.out``; return the checkpoint."""
+    """Fine-tune ``config.model`` on ``config.dataset.data`` into ``config.out``; return the checkpoint."""
     from workbench.data import pack_examples, packed_collate, pad_collate, prepare_datasets
     from workbench.modeling import load_model, load_tokenizer
 
     config.validate()
     ctx = setup()
-    check_fsdp_launch(config, ctx)
+    check_fsdp_launch(config.train, ctx)
     base = Checkpoint(config.model)
     out = Path(config.out)
     if out.resolve() == base.path.resolve():
         raise ConfigError(f"--out {out} is the base model's directory; write the fine-tuned model elsewhere")
     identity = {**config.run_identity(), "model_fingerprint": base.fingerprint(),
-                "data_fingerprint": _fingerprint(config.data), "val_data_fingerprint": _fingerprint(config.val_data)}
-    status = check_run_dir(out, identity, resume=config.resume, overwrite=config.overwrite)
+                "data_fingerprint": _fingerprint(config.dataset.data),
+                "val_data_fingerprint": _fingerprint(config.dataset.val_data)}
+    status = check_run_dir(out, identity, resume=config.train.resume, overwrite=config.train.overwrite)
     if status == "done":
         return Checkpoint(out)
 
     tokenizer = load_tokenizer(base.path)
     train_examples, val_examples, stats = prepare_datasets(
-        config.data, tokenizer, config.max_length, val_path=config.val_data, val_split=config.val_split,
-        seed=config.seed, truncation=config.truncation)
-    if config.packing:
-        train_rows, val_rows = pack_examples(train_examples, config.max_length), pack_examples(val_examples, config.max_length)
+        config.dataset.data, tokenizer, config.train.max_length, val_path=config.dataset.val_data,
+        val_split=config.dataset.val_split, seed=config.train.seed, truncation=config.dataset.truncation)
+    if config.train.packing:
+        train_rows = pack_examples(train_examples, config.train.max_length)
+        val_rows = pack_examples(val_examples, config.train.max_length)
         collate = partial(packed_collate, pad_id=tokenizer.pad_token_id or 0)
     else:
         train_rows, val_rows = train_examples, val_examples
         collate = partial(pad_collate, pad_id=tokenizer.pad_token_id or 0)
 
-    torch.manual_seed(config.seed)  # the same LoRA initialization on every rank and every resume
-    if config.fsdp and not config.lora_rank:  # each rank reads only its shards
+    torch.manual_seed(config.train.seed)  # the same LoRA initialization on every rank and every resume
+    if config.train.fsdp and not config.lora_rank:  # each rank reads only its shards
         model = empty_model(base.path, torch.float32)
     else:  # LoRA under FSDP: the whole base per rank while peft wraps it, then sharded
         model = load_model(base.path, dtype=torch.float32)
@@ -65,20 +67,21 @@ def run(config: SFTConfig) -> Checkpoint:
         model = apply_lora(model, config.lora_rank, config.lora_alpha, config.lora_dropout, config.target_modules)
 
     if status == "continue":
-        check_resume_from(out, ctx, config.fsdp)
+        check_resume_from(out, ctx, config.train.fsdp)
     barrier(ctx)  # every rank has checked its inputs; only now is anything written
     if ctx.is_main:
-        start_run_dir(out, identity, status, config.overwrite)
+        start_run_dir(out, identity, status, config.train.overwrite)
     barrier(ctx)
-    result = train(model, train_rows, val_rows, collate, config, out, ctx, causal_lm_objective)
-    if config.fsdp and config.lora_rank:
+    result = train(model, train_rows, val_rows, collate, config.train, out, ctx, causal_lm_objective)
+    if config.train.fsdp and config.lora_rank:
         model = unsharded_lora_copy(model, base, config, ctx)  # rank 0 merges and writes as without FSDP
     lineage = None
     if ctx.is_main:
         plot_loss_curve(out)
         lineage = make_lineage(
             "sft", parameters=config.run_identity(),
-            inputs={"base": base, "data": config.data, **({"val_data": config.val_data} if config.val_data else {})},
+            inputs={"base": base, "data": config.dataset.data,
+                    **({"val_data": config.dataset.val_data} if config.dataset.val_data else {})},
             metrics={**result.metrics, "data": stats.to_dict()})
         if config.lora_rank:
             write_adapter(model, out)

@@ -1,46 +1,74 @@
-"""Hyperparameters of the training loop, shared by every engine that trains (sft, distill).
+"""Settings shared by every engine that trains (sft, distill), each option defined once.
 
-Field names are the CLI option names (dashes become underscores). As in transformers and
-``workbench data check``, ``batch_size`` is the rows (examples, or packed rows) of one forward
-pass on one process: an optimizer step sees batch_size x grad_accum x processes rows, and the
-loss is the mean over all their supervised tokens, however they are split.
+An engine's config composes these parts (as litgpt's ``TrainArgs``/``EvalArgs``) instead of
+copying their fields: ``DataConfig`` (which data, how it is split and cut) and
+``TrainingConfig`` (the training loop's hyperparameters). Each field carries its help text
+(``option``); ``workbench.training.fields`` sees a composed config flat, so the CLI options
+and recipe keys stay flat names (``--lr``, ``lr:``) however the parts are arranged.
+
+As in transformers and ``workbench data check``, ``batch_size`` is the rows (examples, or
+packed rows) of one forward pass on one process: an optimizer step sees batch_size x
+grad_accum x processes rows, and the loss is the mean over all their supervised tokens,
+however they are split.
 """
 
 from __future__ import annotations
 
-import dataclasses
 from dataclasses import dataclass
 
 from workbench.errors import ConfigError
+from workbench.training.fields import flat_values, option
 
 SCHEDULES = ("cosine", "linear", "constant")
 PRECISIONS = ("auto", "bf16", "fp32")
+TRUNCATION_MODES = ("truncate", "drop")  # as workbench.data.prepare (which loads torch)
 
 
-@dataclass
+@dataclass(slots=True)
+class DataConfig:
+    """The training data and how a validation set is made from it."""
+
+    data: str = option("", "Training data: chat JSONL ({'messages': [...]}) or prompt/completion JSONL.")
+    val_data: str | None = option(None, "Validation JSONL (default: hold out --val-split of --data).")
+    val_split: float = option(0.1, "Share of --data held out for validation when no --val-data.")
+    truncation: str = option("truncate", "Examples longer than --max-length: truncate | drop.")
+
+    def validate(self) -> None:
+        """Raise ConfigError naming the first invalid key (``data`` itself is checked by the
+        engine, among its other required inputs)."""
+        if not 0 <= self.val_split < 1:
+            raise ConfigError(f"val_split must be in [0, 1), got {self.val_split!r}")
+        if self.truncation not in TRUNCATION_MODES:
+            raise ConfigError(f"truncation must be one of {', '.join(TRUNCATION_MODES)}, got {self.truncation!r}")
+
+
+@dataclass(slots=True)
 class TrainingConfig:
-    epochs: int = 3
-    batch_size: int = 8
-    grad_accum: int = 1
-    lr: float = 2e-5
-    warmup_ratio: float = 0.0
-    warmup_steps: int = 0
-    schedule: str = "cosine"
-    weight_decay: float = 0.0
-    max_grad_norm: float = 1.0
-    max_length: int = 1024
-    seed: int = 0
-    precision: str = "auto"
-    packing: bool = False
-    fsdp: bool = False
-    eval_every: int = 0
-    save_every: int = 0
-    keep_last: int = 3
-    patience: int = 0
-    max_steps: int = 0
-    resume: bool = False
-    overwrite: bool = False
-    progress: bool = True
+    """The training loop's hyperparameters, and how a run is started and shown."""
+
+    epochs: int = option(3, "Passes over the training data.")
+    batch_size: int = option(8, "Examples (or packed rows) per forward pass and process.")
+    grad_accum: int = option(1, "Forward passes per optimizer step (step = batch x accum x processes).")
+    lr: float = option(2e-5, "Peak learning rate.")
+    warmup_ratio: float = option(0.0, "Warmup as a share of all steps.")
+    warmup_steps: int = option(0, "Warmup steps (wins over --warmup-ratio).")
+    schedule: str = option("cosine", "Learning-rate decay after warmup: cosine | linear | constant.")
+    weight_decay: float = option(0.0, "AdamW weight decay (not on biases and norms).")
+    max_grad_norm: float = option(1.0, "Gradient clipping norm (0: off).")
+    max_length: int = option(1024, "Tokens per example (and per packed row).")
+    seed: int = option(0, "Seed for shuffling, the validation split, LoRA init and dropout.")
+    precision: str = option("auto", "auto (bf16 on a GPU that has it) | bf16 (autocast) | fp32.")
+    packing: bool = option(False, "Pack several examples per row (attention stays within each example).")
+    fsdp: bool = option(False, "Shard model, gradients and optimizer state over torchrun's processes (FSDP2) "
+                               "instead of replicating them (docs/distributed.md).")
+    eval_every: int = option(0, "Also validate every N steps (0: only at epoch ends).")
+    save_every: int = option(0, "Also checkpoint every N steps (0: only at epoch ends and new best).")
+    keep_last: int = option(3, "Training checkpoints kept (the best is kept too).")
+    patience: int = option(0, "Stop after N validations without improvement (0: never).")
+    max_steps: int = option(0, "Stop after N steps (0: run all epochs).")
+    resume: bool = option(False, "Continue the run in --out even if its settings differ.")
+    overwrite: bool = option(False, "Delete --out and start over.")
+    progress: bool = option(True, "Show a progress bar.")
 
     def validate(self) -> None:
         """Raise ConfigError naming the first invalid key."""
@@ -71,21 +99,14 @@ class TrainingConfig:
         if self.resume and self.overwrite:
             raise ConfigError("resume and overwrite exclude each other: pick one")
 
-    def training_fields(self) -> dict:
-        """The hyperparameters as a plain dict (for lineage and run identity)."""
-        return dataclasses.asdict(self)
 
-    @classmethod
-    def field_names(cls) -> list[str]:
-        return [f.name for f in dataclasses.fields(cls)]
-
-
-def config_from_dict(cls, values: dict, source: str = "config"):
-    """Build a config dataclass from a dict, refusing unknown keys with a suggestion."""
-    from workbench.errors import did_you_mean
-
-    names = cls.field_names()
-    for key in values:
-        if key not in names:
-            raise ConfigError(f"{source}: unknown key '{key}'{did_you_mean(key, names)}")
-    return cls(**values)
+def run_identity(config, volatile: tuple[str, ...]) -> dict:
+    """The settings that define a run, flat, less the ``volatile`` ones: a directory holding
+    another identity is another run. The loop's hyperparameters come first, as in the run.json
+    files written when the engines' configs inherited them; ``fsdp`` only when on, so runs from
+    before --fsdp existed keep their identity."""
+    values = flat_values(config)
+    ordered = {**flat_values(config.train), **values}
+    if not ordered["fsdp"]:
+        volatile = (*volatile, "fsdp")
+    return {key: value for key, value in ordered.items() if key not in volatile}

@@ -30,6 +30,7 @@ from workbench.errors import ConfigError, WorkbenchError
 from workbench.training.config import TrainingConfig
 from workbench.training.distributed import Dist, all_reduce_sum, broadcast_object
 from workbench.training.events import EVENTS_FILE, EventLog, read_events
+from workbench.training.fields import flat_values
 from workbench.data import epoch_order
 from workbench.training.objectives import count_supervised
 from workbench.training.optim import apply_current_settings, build_optimizer, build_scheduler
@@ -211,7 +212,7 @@ def train(model: torch.nn.Module, train_rows: Sequence, val_rows: Sequence, coll
                     config.epochs, config.max_steps)
     total_steps = plan.total_steps
     checkpoints_dir = run_dir / CHECKPOINTS_DIR
-    training_fields = config.training_fields()
+    training_fields = flat_values(config)
 
     model.train()
     objective_module = runner = ObjectiveModule(model, objective)

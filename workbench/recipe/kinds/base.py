@@ -27,8 +27,6 @@ import the training stack.
 
 from __future__ import annotations
 
-import dataclasses
-import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -151,14 +149,20 @@ def stand_ins(params: dict, stand_in: str) -> dict:
 
 
 def dataclass_parameters(cls) -> dict[str, object]:
-    """The fields of an engine's config dataclass (the same names as its CLI options),
-    except those the runner sets."""
-    hints = typing.get_type_hints(cls)
-    return {f.name: hints.get(f.name, typing.Any) for f in dataclasses.fields(cls)
-            if f.name not in RUNNER_OWNED}
+    """The options of an engine's config dataclass, seen flat (the same names as its CLI
+    options; see ``workbench.training.fields``), except those the runner sets."""
+    from workbench.training.fields import flat_fields
+
+    return {flat.name: flat.type for flat in flat_fields(cls) if flat.name not in RUNNER_OWNED}
+
+
+def build_config(cls, params: dict):
+    """The engine's config from a step's flat parameters."""
+    from workbench.training.fields import config_from_dict
+
+    return config_from_dict(cls, params)
 
 
 def validate_config(cls, step, stand_in: str) -> None:
     """Build the engine's config from the step's parameters and run its own validate()."""
-    cls(**stand_ins(step.params, stand_in), out=stand_in).validate()
-
+    build_config(cls, {**stand_ins(step.params, stand_in), "out": stand_in}).validate()

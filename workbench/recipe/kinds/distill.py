@@ -5,7 +5,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from workbench.recipe.kinds.base import StepCall, StepKind, as_strings, dataclass_parameters, validate_config
+from workbench.recipe.kinds.base import (StepCall, StepKind, as_strings, build_config, dataclass_parameters,
+                                         validate_config)
 
 CACHE_KEY = "teacher_cache"
 
@@ -49,6 +50,6 @@ class Distill(StepKind):
     def run(self, call: StepCall) -> Path:
         from workbench import distill
 
-        config = distill.DistillConfig(**as_strings(call.params), out=str(call.out), resume=call.resume,
-                                       overwrite=not call.resume)
+        config = build_config(distill.DistillConfig, {**as_strings(call.params), "out": str(call.out),
+                                                      "resume": call.resume, "overwrite": not call.resume})
         return distill.run(config).path

@@ -5,7 +5,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from workbench.recipe.kinds.base import StepCall, StepKind, as_strings, dataclass_parameters, validate_config
+from workbench.recipe.kinds.base import (StepCall, StepKind, as_strings, build_config, dataclass_parameters,
+                                         validate_config)
 
 
 class Sft(StepKind):
@@ -33,6 +34,6 @@ class Sft(StepKind):
     def run(self, call: StepCall) -> Path:
         from workbench import sft
 
-        config = sft.SFTConfig(**as_strings(call.params), out=str(call.out), resume=call.resume,
-                               overwrite=not call.resume)
+        config = build_config(sft.SFTConfig, {**as_strings(call.params), "out": str(call.out),
+                                              "resume": call.resume, "overwrite": not call.resume})
         return sft.run(config).path
