@@ -145,6 +145,30 @@ def test_learning_rate_schedules():
     assert lr_multiplier(9, 2, 10, "constant") == 1.0
 
 
+@pytest.mark.parametrize("ours, theirs", [("linear", "linear"), ("cosine", "cosine"),
+                                          ("constant", "constant_with_warmup")])
+def test_schedules_match_transformers_but_for_warmup_running_one_step_ahead(ours, theirs):
+    """Why lr_multiplier is not transformers.get_scheduler: the values differ during warmup
+    (theirs starts at lr 0), and only there."""
+    from transformers import get_scheduler
+
+    total, warmup = 10, 3
+    optimizer = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=1.0)
+    scheduler = get_scheduler(theirs, optimizer, num_warmup_steps=warmup, num_training_steps=total)
+    reference = []
+    for _ in range(total + 1):
+        reference.append(scheduler.get_last_lr()[0])
+        optimizer.step()
+        scheduler.step()
+    assert reference[0] == 0.0
+    for step in range(total):
+        if step < warmup:
+            assert lr_multiplier(step, warmup, total, ours) == pytest.approx(reference[step + 1], abs=1e-12)
+            assert lr_multiplier(step, warmup, total, ours) != reference[step]
+        else:
+            assert lr_multiplier(step, warmup, total, ours) == pytest.approx(reference[step], abs=1e-12)
+
+
 @pytest.mark.parametrize("key, value, message", [
     ("batch_size", 0, "batch_size must be a positive integer"),
     ("lr", 0.0, "lr must be > 0"),
