@@ -93,3 +93,23 @@ def test_recipe_kinds_see_the_options_flat_and_typed(kind, cls):
     assert set(parameters) == set(flat_names(cls)) - {"out", "overwrite", "resume"}
     assert (parameters["lr"], parameters["batch_size"], parameters["packing"]) == (float, int, bool)
     assert parameters["val_data"] == str | None
+
+
+LOOP_KEYS = ["epochs", "batch_size", "grad_accum", "lr", "warmup_ratio", "warmup_steps", "schedule", "weight_decay",
+             "max_grad_norm", "max_length", "seed", "precision", "packing", "eval_every", "save_every", "keep_last",
+             "patience", "max_steps"]
+DATA_KEYS = ["data", "val_data", "val_split", "truncation"]
+
+
+@pytest.mark.parametrize("cls, inputs, own_keys", [
+    (SFTConfig, {"model": "m"}, ["model", *DATA_KEYS, "lora_rank", "lora_alpha", "lora_targets", "lora_dropout"]),
+    (DistillConfig, {"teacher": "t", "student": "s"},
+     ["teacher", "student", *DATA_KEYS, "loss", "beta", "temperature", "alpha", "teacher_top_k", "teacher_dtype",
+      "teacher_cache", "on_policy", "sample_temperature", "max_new_tokens"]),
+], ids=["sft", "distill"])
+def test_run_identity_keeps_the_keys_and_order_of_run_files_written_before_composition(cls, inputs, own_keys):
+    """run.json files written when the configs inherited TrainingConfig: the loop's keys first,
+    then the engine's, without the volatile ones (out, resume, overwrite, progress, ...)."""
+    identity = config_from_dict(cls, {**inputs, "data": "d", "out": "o", "lr": 1e-3}).run_identity()
+    assert list(identity) == LOOP_KEYS + own_keys
+    assert (identity["lr"], identity["data"], identity["val_split"]) == (1e-3, "d", 0.1)
