@@ -113,3 +113,5 @@ def test_run_identity_keeps_the_keys_and_order_of_run_files_written_before_compo
     identity = config_from_dict(cls, {**inputs, "data": "d", "out": "o", "lr": 1e-3}).run_identity()
     assert list(identity) == LOOP_KEYS + own_keys
     assert (identity["lr"], identity["data"], identity["val_split"]) == (1e-3, "d", 0.1)
+    sharded = config_from_dict(cls, {**inputs, "data": "d", "out": "o", "fsdp": True}).run_identity()
+    assert list(sharded) == LOOP_KEYS[:13] + ["fsdp"] + LOOP_KEYS[13:] + own_keys  # after packing, only when on
