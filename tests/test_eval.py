@@ -70,6 +70,32 @@ def test_loss_and_accuracy_equal_a_per_example_transformers_reference(tiny_llama
         assert got.token_accuracy == pytest.approx(correct / count)
 
 
+def test_bits_per_byte_divide_the_summed_loss_by_the_answer_bytes(tiny_llama, tiny_qwen2, tmp_path):
+    """Bits per byte: summed loss in bits over the UTF-8 bytes of the supervised answers, the same
+    denominator for every tokenizer (emoji and accents count their bytes, not characters); an
+    answer cut by max_length has no fair figure."""
+    rows = ROWS + [("smile", "ok \U0001F600"), ("accent", "caf\u00e9 cr\u00e8me")]
+    data = tmp_path / "bytes.jsonl"
+    data.write_text("".join(json.dumps({"messages": [{"role": "user", "content": q},
+                                                     {"role": "assistant", "content": a},
+                                                     {"role": "user", "content": "again"},
+                                                     {"role": "assistant", "content": "not learned", "weight": 0}]})
+                            + "\n" for q, a in rows))
+    answer_bytes = sum(len(a.encode("utf-8")) for _, a in rows)
+    assert answer_bytes == sum(len(a) for _, a in rows) + 3 + 2  # the emoji is 4 bytes, each accent 2
+    report = run(EvalConfig(models=[str(tiny_llama), str(tiny_qwen2)], data=[str(data)], base=str(tiny_llama),
+                            max_new_tokens=2), log=lambda _: None)
+    for row in report["results"]:
+        assert row["bits_per_byte"] == pytest.approx(row["loss"] * row["tokens"] / math.log(2) / answer_bytes)
+    tokenizer = load_tokenizer(tiny_llama)
+    first_answer_token = max(ex.labels.index(next(l for l in ex.labels if l != -100)) for ex in
+                             (tokenize_conversation(tokenizer, c) for c in load_conversations(data)))
+    short = run(EvalConfig(models=[str(tiny_llama)], data=[str(data)], max_new_tokens=2,
+                           max_length=first_answer_token + 2),
+                log=lambda _: None)
+    assert short["results"][0]["bits_per_byte"] is None
+
+
 def test_batched_greedy_answers_equal_one_by_one_generation(tiny_llama, data_file):
     model, tokenizer = load_model(tiny_llama), load_tokenizer(tiny_llama)
     prompts = [prompt_of(c) for c in load_conversations(data_file)]
@@ -133,7 +159,7 @@ def test_cli_prints_the_table(tuned, data_file):
     result = run_workbench("eval", tuned, "--data", data_file, "--max-new-tokens", "4", "--match", "contains",
                            "--side-by-side", "1")
     assert result.returncode == 0, result.stderr
-    assert "| model | data | loss | ppl | token acc | answer contains |" in result.stdout
+    assert "| model | data | loss | bits/byte | ppl | token acc | answer contains |" in result.stdout
     assert "(baseline)" in result.stdout
 
 

@@ -50,6 +50,28 @@ def make_tokenizer(template: str = "chatml", vocab_size: int = 384):
                           eos_token=EOS_TOKEN[template], chat_template=TEMPLATES[template])
 
 
+CROSS_CORPUS = CORPUS + ["caf\u00e9 cr\u00e8me br\u00fbl\u00e9e \U0001F600 smile \U0001F600 ok"] * 20
+
+
+def make_sentencepiece_tokenizer(template: str = "zephyr", vocab_size: int = 300):
+    """A fast sentencepiece-style tokenizer (BPE over characters, "\u2581" marks a space, an
+    unknown token) unlike ``make_tokenizer``'s byte-level one: it keeps an emoji or an accented
+    letter whole where the byte-level BPE splits it into byte tokens."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    tokenizer = Tokenizer(models.BPE(unk_token="<unk>"))
+    tokenizer.pre_tokenizer = pre_tokenizers.Metaspace(replacement="\u2581", prepend_scheme="never")
+    tokenizer.decoder = decoders.Metaspace(replacement="\u2581", prepend_scheme="never")
+    trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=["<unk>"] + SPECIAL_TOKENS[template],
+                                  show_progress=False)
+    tokenizer.train_from_iterator(CROSS_CORPUS, trainer=trainer)
+    fast = PreTrainedTokenizerFast(tokenizer_object=tokenizer, bos_token=None, eos_token=EOS_TOKEN[template],
+                                   pad_token="<|endoftext|>", unk_token="<unk>")
+    fast.chat_template = TEMPLATES[template]
+    return fast
+
+
 def make_model(arch: str = "llama", vocab_size: int = 384, layers: int = 2, hidden: int = 32,
                tie: bool = False, seed: int = 0):
     """A random tiny causal LM of the given family."""
@@ -69,11 +91,12 @@ def make_model(arch: str = "llama", vocab_size: int = 384, layers: int = 2, hidd
 
 def make_checkpoint(path: str | Path, arch: str = "llama", template: str = "chatml", layers: int = 2,
                     hidden: int = 32, tie: bool = False, seed: int = 0, dtype: torch.dtype | None = None,
-                    max_shard_bytes: int | None = None) -> Path:
-    """Build a tiny model with its tokenizer and write it as a workbench checkpoint."""
+                    max_shard_bytes: int | None = None, tokenizer=None) -> Path:
+    """Build a tiny model with its tokenizer (``make_tokenizer(template)`` unless given) and
+    write it as a workbench checkpoint."""
     from workbench.checkpoint import DEFAULT_MAX_SHARD_BYTES, make_lineage, save_model
 
-    tokenizer = make_tokenizer(template)
+    tokenizer = tokenizer or make_tokenizer(template)
     model = make_model(arch, vocab_size=len(tokenizer), layers=layers, hidden=hidden, tie=tie, seed=seed)
     model.config.bos_token_id = tokenizer.pad_token_id
     model.config.eos_token_id = tokenizer.eos_token_id

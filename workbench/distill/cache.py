@@ -14,7 +14,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
@@ -59,6 +59,7 @@ class TeacherCache:
     logprobs: torch.Tensor
     rest: torch.Tensor
     first_row: dict[int, int]
+    extra: dict[str, torch.Tensor] = field(default_factory=dict)  # what a cross-tokenizer cache adds
 
     @classmethod
     def open(cls, path: str | os.PathLike) -> "TeacherCache":
@@ -73,8 +74,9 @@ class TeacherCache:
         if manifest.get("format") != FORMAT:
             raise ConfigError(f"{manifest_path}: cache format {manifest.get('format')}, expected {FORMAT}")
         tensors = load_file(str(path / TENSORS))
-        first_row = dict(zip(tensors["example_keys"].tolist(), tensors["example_rows"].tolist()))
-        return cls(path, manifest, tensors["ids"], tensors["logprobs"], tensors["rest_logprob"], first_row)
+        first_row = dict(zip(tensors.pop("example_keys").tolist(), tensors.pop("example_rows").tolist()))
+        return cls(path, manifest, tensors.pop("ids"), tensors.pop("logprobs"), tensors.pop("rest_logprob"), first_row,
+                   tensors)
 
     def check_matches(self, *, data_fingerprint: str, val_data_fingerprint: str | None,
                       teacher_fingerprint: str | None, tokenizer_print: str, settings: dict) -> None:
@@ -90,7 +92,8 @@ class TeacherCache:
             raise ConfigError(f"{where}: the cache was made by another teacher ({made['teacher']}, fingerprint "
                               f"{made['teacher_fingerprint'][:12]}); remake it for this --teacher")
         if made["tokenizer_fingerprint"] != tokenizer_print:
-            raise ConfigError(f"{where}: the cache's teacher uses a different tokenizer than the student")
+            raise ConfigError(f"{where}: the cache was made for another student tokenizer than this student's; "
+                              "remake it for this --student")
         for key, value in settings.items():
             if made[key] != value:
                 raise ConfigError(f"{where}: the cache was made with {key} = {made[key]!r}, this run uses "
@@ -137,8 +140,9 @@ def teacher_topk(hidden: torch.Tensor, weight: torch.Tensor, k: int, temperature
 
 
 def write_cache(out: str | os.PathLike, manifest: dict, teacher: SparseTeacher, keys: list[int],
-                first_rows: list[int], logprob_dtype: torch.dtype) -> dict:
-    """Write the cache directory atomically; returns the manifest with its size added."""
+                first_rows: list[int], logprob_dtype: torch.dtype, extra: dict | None = None) -> dict:
+    """Write the cache directory atomically (``extra`` tensors stored as they are); returns the
+    manifest with its size added."""
     from safetensors.torch import save_file
 
     out = Path(out)
@@ -150,6 +154,7 @@ def write_cache(out: str | os.PathLike, manifest: dict, teacher: SparseTeacher, 
         "rest_logprob": teacher.rest_logprob.to(logprob_dtype).contiguous(),
         "example_keys": torch.tensor(keys, dtype=torch.int64),
         "example_rows": torch.tensor(first_rows, dtype=torch.int64),
+        **{name: tensor.contiguous() for name, tensor in (extra or {}).items()},
     }
     tokens = teacher.ids.shape[0]
     per_token = sum(tensors[n].element_size() * tensors[n][0].numel() for n in ("ids", "logprobs", "rest_logprob"))

@@ -11,6 +11,7 @@ from workbench.training.config import DataConfig, TrainingConfig, run_identity
 from workbench.training.fields import option, part
 
 TEACHER_DTYPES = ("float32", "bfloat16", "float16")
+CROSS_TOKENIZER_MODES = ("uld", "align")
 # settings that do not change what a run computes
 VOLATILE = ("resume", "overwrite", "progress", "out", "teacher_device", "chunk_size")
 
@@ -38,6 +39,12 @@ class DistillConfig:
                                    "teacher (GKD; TRL's lmbda): 0 off, 1 always.")
     sample_temperature: float = option(1.0, "Temperature of the student's on-policy samples (0: greedy).")
     max_new_tokens: int = option(128, "Longest on-policy answer the student samples, in tokens.")
+    cross_tokenizer: str | None = option(None, "Teacher with another tokenizer: uld (sorted-probability distance on "
+                                               "targets that continue the same text, plus the student's "
+                                               "cross-entropy) | align (--loss over the tokens both vocabularies "
+                                               "spell the same, ULD for the rest).")
+    uld_weight: float = option(1.5, "Weight of the ULD term with --cross-tokenizer (uld: against the student's "
+                                    "cross-entropy, paper 1.5; align: of the unmapped tokens).")
     train: TrainingConfig = part(TrainingConfig, lr=1e-4)
 
     def validate(self) -> None:
@@ -50,6 +57,7 @@ class DistillConfig:
         self.loss_spec.validate()
         self.dataset.validate()
         self.validate_on_policy()
+        self.validate_cross_tokenizer()
         if self.teacher_top_k and self.teacher_cache:
             raise ConfigError("teacher_top_k applies to the online teacher; a teacher cache already holds "
                               "its own top-k (drop one of them)")
@@ -77,6 +85,21 @@ class DistillConfig:
                               "cross-entropy: use alpha 1 with on_policy")
         if self.on_policy and self.train.packing:
             raise ConfigError("on_policy samples one answer per row; it needs packing off")
+
+    def validate_cross_tokenizer(self) -> None:
+        if self.cross_tokenizer is None:
+            return
+        if self.cross_tokenizer not in CROSS_TOKENIZER_MODES:
+            raise ConfigError(f"cross_tokenizer must be one of {', '.join(CROSS_TOKENIZER_MODES)}, "
+                              f"got {self.cross_tokenizer!r}")
+        if not self.uld_weight >= 0:
+            raise ConfigError(f"uld_weight must be >= 0, got {self.uld_weight!r}")
+        unsupported = (("on_policy", 0.0), ("teacher_top_k", 0))
+        if self.cross_tokenizer == "uld":  # ULD weighs its own terms: CE + uld_weight * ULD
+            unsupported += (("alpha", 1.0),)
+        for key, off in unsupported:
+            if getattr(self, key) != off:
+                raise ConfigError(f"{key} is not supported with cross_tokenizer {self.cross_tokenizer}")
 
     @property
     def loss_spec(self):

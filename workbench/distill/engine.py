@@ -17,6 +17,9 @@ import torch
 from workbench.checkpoint import Checkpoint, file_fingerprint, make_lineage, parse_dtype
 from workbench.distill.cache import TeacherCache, cached_collate, tokenizer_fingerprint
 from workbench.distill.config import DistillConfig
+from workbench.distill.cross_tokenizer.cache import check_cross_cache, cross_cached_collate
+from workbench.distill.cross_tokenizer.data import conversations_by_source, cross_collate, cross_examples
+from workbench.distill.cross_tokenizer.objective import CrossTokenizerObjective, check_cross_tokenizers
 from workbench.distill.objective import DistillObjective, check_same_tokenizer
 from workbench.distill.on_policy import OnPolicyObjective, stop_token_ids
 from workbench.distill.student import LINEAGE_KIND as STUDENT_INIT
@@ -43,12 +46,16 @@ def run(config: DistillConfig) -> Checkpoint:
     cache = None
     if config.teacher_cache:
         cache = TeacherCache.open(config.teacher_cache)
+        check_cross_cache(cache, config.cross_tokenizer)
         cache.check_matches(
             data_fingerprint=file_fingerprint(config.dataset.data),
             val_data_fingerprint=file_fingerprint(val_data) if val_data else None,
             teacher_fingerprint=teacher.fingerprint() if teacher else None,
             tokenizer_print=tokenizer_fingerprint(tokenizer),
             settings=data_settings(config) | {"temperature": config.temperature})
+    elif config.cross_tokenizer:
+        teacher_tokenizer = load_tokenizer(teacher.path)
+        check_cross_tokenizers(tokenizer, teacher_tokenizer, student.path, teacher.path)
     else:
         check_same_tokenizer(tokenizer, load_tokenizer(teacher.path), student.path, teacher.path)
     teacher_params = teacher.num_parameters if teacher else None
@@ -74,17 +81,35 @@ def run(config: DistillConfig) -> Checkpoint:
     train_examples, val_examples, stats = prepare_datasets(
         config.dataset.data, tokenizer, config.train.max_length, val_path=val_data,
         val_split=config.dataset.val_split, seed=config.train.seed, truncation=config.dataset.truncation)
+    if config.cross_tokenizer and cache is None:
+        conversations = conversations_by_source(config.dataset.data, config.dataset.val_data)
+        train_examples, val_examples = (cross_examples(examples, conversations, tokenizer, teacher_tokenizer,
+                                                       config.train.max_length)
+                                        for examples in (train_examples, val_examples))
     pad_id = tokenizer.pad_token_id or 0
+    batch_collate = packed_collate if config.train.packing else pad_collate
     if config.train.packing:
         train_rows = pack_examples(train_examples, config.train.max_length)
         val_rows = pack_examples(val_examples, config.train.max_length)
-        collate = partial(packed_collate, pad_id=pad_id)
     else:
         train_rows, val_rows = train_examples, val_examples
-        collate = partial(pad_collate, pad_id=pad_id)
-    if cache is not None:
+    collate = partial(batch_collate, pad_id=pad_id)
+    if cache is not None and config.cross_tokenizer:
+        collate = cross_cached_collate(collate, cache)
+        objective = CrossTokenizerObjective(
+            config.cross_tokenizer, None, ctx.device, spec=config.loss_spec, uld_weight=config.uld_weight,
+            chunk_size=config.loss_spec.chunk_tokens(max(len(tokenizer), cache.manifest["vocab_size"])), cache=cache)
+    elif cache is not None:
         collate = cached_collate(collate, cache)
         objective = DistillObjective(config.loss_spec)
+    elif config.cross_tokenizer:
+        collate = cross_collate(collate, partial(batch_collate, pad_id=teacher_tokenizer.pad_token_id or 0))
+        teacher_model = load_model(teacher.path, dtype=parse_dtype(config.teacher_dtype),
+                                   device=config.teacher_device or str(ctx.device))
+        objective = CrossTokenizerObjective(
+            config.cross_tokenizer, teacher_model, ctx.device, spec=config.loss_spec, uld_weight=config.uld_weight,
+            chunk_size=config.loss_spec.chunk_tokens(max(len(tokenizer), len(teacher_tokenizer))),
+            tokenizers=(tokenizer, teacher_tokenizer))
     else:
         if config.train.fsdp:  # each rank reads only its shards of the teacher
             teacher_model = ShardedTeacher(empty_model(teacher.path, parse_dtype(config.teacher_dtype)),
@@ -130,6 +155,8 @@ def data_settings(config) -> dict:
 
 def reverse_kl_from_a_fresh_cut(student: Checkpoint, config: DistillConfig) -> bool:
     """Pure reverse KL on an untrained cut: its gradient q_j (log q_j - log p_j - KL) vanishes
-    where the student is one-hot on a token the teacher rules out, which a fresh cut mostly is."""
+    where the student is one-hot on a token the teacher rules out, which a fresh cut mostly is
+    (--cross-tokenizer uld computes no KL, so it is never that)."""
     spec = config.loss_spec
-    return spec.divergence == "reverse_kl" and spec.alpha == 1 and (student.lineage or {}).get("kind") == STUDENT_INIT
+    return (config.cross_tokenizer != "uld" and spec.divergence == "reverse_kl" and spec.alpha == 1
+            and (student.lineage or {}).get("kind") == STUDENT_INIT)

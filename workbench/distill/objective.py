@@ -45,7 +45,8 @@ def check_same_tokenizer(student_tokenizer, teacher_tokenizer, student_path, tea
     raise ConfigError(
         f"the student ({student_path}) and the teacher ({teacher_path}) use different tokenizers "
         f"({len(student_vocab)} vs {len(teacher_vocab)} tokens, {len(differ)} differ, e.g. {example!r}: "
-        f"id {student_vocab.get(example)} vs {teacher_vocab.get(example)}); distillation needs the same tokenizer")
+        f"id {student_vocab.get(example)} vs {teacher_vocab.get(example)}); distillation needs the same tokenizer, "
+        "or --cross-tokenizer uld to compare them through the text")
 
 
 class DistillObjective:

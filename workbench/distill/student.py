@@ -78,10 +78,16 @@ def student_config(config: dict, keep: list[int], teacher_layers: int) -> dict:
 
 def init_student(teacher: str | os.PathLike | Checkpoint, out_dir: str | os.PathLike,
                  num_layers: int | None = None, layers: list[int] | None = None,
-                 overwrite: bool = False) -> Checkpoint:
+                 overwrite: bool = False, tokenizer: str | os.PathLike | None = None) -> Checkpoint:
     """Write a student with the teacher's non-layer tensors and the chosen decoder layers
-    (renumbered 0..n-1), its tokenizer files and an adjusted config."""
+    (renumbered 0..n-1), its tokenizer files and an adjusted config.
+
+    With ``tokenizer`` (a directory holding a fast tokenizer with a chat template) the student
+    speaks that tokenizer instead: its embedding and lm_head rows are made from the teacher's
+    (``cross_tokenizer.transplant``) and the lineage reports how many tokens mapped exactly."""
     teacher = teacher if isinstance(teacher, Checkpoint) else Checkpoint(teacher)
+    if tokenizer is not None:
+        return _init_with_tokenizer(teacher, out_dir, num_layers, layers, overwrite, tokenizer)
     teacher_layers = teacher.num_layers
     if not teacher_layers:
         raise CheckpointError(f"{teacher.path}: config.json gives no layer count "
@@ -104,6 +110,74 @@ def init_student(teacher: str | os.PathLike | Checkpoint, out_dir: str | os.Path
         writer.copy_support_files(teacher.path)
         writer.write_json(CONFIG_FILE, student_config(teacher.config, keep, teacher_layers))
         return writer.commit(lineage)
+
+
+def _init_with_tokenizer(teacher: Checkpoint, out_dir, num_layers, layers, overwrite, tokenizer_dir) -> Checkpoint:
+    from workbench.distill.cross_tokenizer.pairing import require_offsets
+    from workbench.distill.cross_tokenizer.transplant import row_sources, transplant_rows
+    from workbench.modeling import load_tokenizer
+
+    new_tokenizer, teacher_tokenizer = _tokenizer_at(tokenizer_dir), load_tokenizer(teacher.path)
+    require_offsets(new_tokenizer, tokenizer_dir)
+    if not getattr(new_tokenizer, "chat_template", None):
+        raise ConfigError(f"{tokenizer_dir}: the tokenizer has no chat template (the student could not render chat data)")
+    keep = choose_layers(teacher.num_layers, num_layers, layers)
+    renames = _student_names(teacher, keep)
+    teacher_vocab = (teacher.config.get("text_config", teacher.config)).get("vocab_size")
+    vocab_tensors = {old for old in renames if len(teacher.info(old).shape) == 2
+                     and teacher.info(old).shape[0] == teacher_vocab}
+    if not vocab_tensors:
+        raise CheckpointError(f"{teacher.path}: no embedding tensor of {teacher_vocab} rows (config vocab_size)")
+    new_vocab = len(new_tokenizer)
+    sources, report = row_sources(new_tokenizer, teacher_tokenizer, new_vocab)
+    plan = []
+    for old, new in renames.items():
+        shape = teacher.info(old).shape
+        plan.append(PlannedTensor(new, (new_vocab, shape[1]) if old in vocab_tensors else shape,
+                                  teacher.info(old).torch_dtype))
+    student_params = sum(_numel(p.shape) for p in plan)
+    lineage = make_lineage(
+        LINEAGE_KIND,
+        {"layers": keep, "num_layers": len(keep), "teacher_layers": teacher.num_layers,
+         "tokenizer": str(tokenizer_dir)},
+        inputs={"teacher": teacher},
+        metrics={"teacher_parameters": teacher.num_parameters, "parameters": student_params,
+                 "parameters_vs_teacher": round(student_params / teacher.num_parameters, 4),
+                 "vocab": new_vocab, "tokens": report.to_dict()},
+    )
+    config = student_config(teacher.config, keep, teacher.num_layers)
+    text = config.get("text_config", config)
+    text["vocab_size"] = new_vocab
+    ids = {f"{kind}_token_id": getattr(new_tokenizer, f"{kind}_token_id") for kind in ("bos", "eos", "pad")}
+    text.update(ids)
+    with CheckpointWriter(out_dir, plan, overwrite=overwrite) as writer:
+        for old, new in renames.items():
+            tensor = teacher.read(old)
+            writer.write(new, transplant_rows(tensor, sources) if old in vocab_tensors else tensor)
+        writer.copy_support_files(tokenizer_dir)
+        writer.write_json(CONFIG_FILE, config)
+        generation = teacher.path / "generation_config.json"
+        if generation.is_file():
+            import json
+
+            writer.write_json("generation_config.json", {**json.loads(generation.read_text()), **ids})
+        return writer.commit(lineage)
+
+
+def _tokenizer_at(path):
+    """A tokenizer directory (no model files needed)."""
+    from transformers import AutoTokenizer
+
+    if not (Path(path) / "tokenizer_config.json").is_file() and not (Path(path) / "tokenizer.json").is_file():
+        raise ConfigError(f"{path}: no tokenizer.json or tokenizer_config.json (expected a tokenizer directory)")
+    return AutoTokenizer.from_pretrained(str(path), trust_remote_code=False)
+
+
+def _numel(shape) -> int:
+    n = 1
+    for size in shape:
+        n *= size
+    return n
 
 
 def _student_names(teacher: Checkpoint, keep: list[int]) -> dict[str, str]:

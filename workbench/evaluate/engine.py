@@ -15,11 +15,12 @@ from pathlib import Path
 
 from workbench.checkpoint import Checkpoint
 from workbench.data.loading import load_conversations
-from workbench.data.tokenize import tokenize_conversation
+from workbench.data.tokenize import tokenize_conversation, truncate_example
 from workbench.errors import DataError
 from workbench.evaluate.answers import greedy_answers, prompt_of
 from workbench.evaluate.config import EvalConfig
-from workbench.evaluate.metrics import TokenMetrics, agreement, match_rate, token_agreement, token_metrics
+from workbench.evaluate.metrics import (TokenMetrics, agreement, bits_per_byte, match_rate, supervised_bytes,
+                                        token_agreement, token_metrics)
 from workbench.evaluate.table import write_outputs
 
 LINEAGE_PARENT_ROLES = ("model", "base_model", "base", "teacher", "student")
@@ -130,7 +131,9 @@ def _load(path: str):
 
 
 def _evaluate_one(model, tokenizer, data: dict, config: EvalConfig) -> dict:
-    examples = [tokenize_conversation(tokenizer, c, config.max_length) for c in data["conversations"]]
+    examples = [tokenize_conversation(tokenizer, c) for c in data["conversations"]]
+    truncated = any(len(e) > config.max_length for e in examples)
+    examples = [truncate_example(e, config.max_length) if len(e) > config.max_length else e for e in examples]
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
     tokens = token_metrics(model, examples, pad_id, config.batch_size)
     answers = greedy_answers(model, tokenizer, data["prompts"], max_new_tokens=config.max_new_tokens,
@@ -139,6 +142,9 @@ def _evaluate_one(model, tokenizer, data: dict, config: EvalConfig) -> dict:
     return {
         "loss": tokens.loss,
         "perplexity": tokens.perplexity,
+        # a truncated answer no longer covers its text's bytes: no fair figure then
+        "bits_per_byte": None if truncated else bits_per_byte(
+            tokens, sum(supervised_bytes(c) for c in data["conversations"])),
         "token_accuracy": tokens.token_accuracy,
         "match": match_rate(answers, expected, config.match),
         "tokens": tokens.tokens,

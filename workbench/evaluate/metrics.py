@@ -1,10 +1,16 @@
-"""The numbers of an evaluation: teacher-forced loss, perplexity and token accuracy on the
-assistant tokens, and how greedy answers compare with the expected ones and with a reference
-model's (whole answers, and token by token: the top-1 agreement a distillation run reports;
-and whole next-token distributions: the KL to the reference's).
+"""The numbers of an evaluation: teacher-forced loss, perplexity, bits per byte and token
+accuracy on the assistant tokens, and how greedy answers compare with the expected ones and with a
+reference model's (whole answers, and token by token: the top-1 agreement a distillation run
+reports; and whole next-token distributions: the KL to the reference's).
 
 Loss and accuracy are averaged over every supervised token of the file (not per example),
 the way the training loop reports them, so the numbers are comparable with its events.
+
+Loss per token depends on the tokenizer (a tokenizer with longer tokens has fewer, harder
+ones), so models with different tokenizers compare in bits per byte instead: the summed loss
+in bits divided by the UTF-8 bytes of the supervised assistant texts, a denominator the same
+for every tokenizer. The numerator also holds each turn's end-of-turn token(s), which every
+model must predict in its own template.
 """
 
 from __future__ import annotations
@@ -16,6 +22,7 @@ from dataclasses import dataclass
 import torch
 
 from workbench.data.batching import pad_collate
+from workbench.data.loading import Conversation
 from workbench.data.tokenize import IGNORE_INDEX, TokenizedExample
 
 
@@ -86,6 +93,17 @@ def mean_kl(reference: torch.Tensor, model, examples: list[TokenizedExample], pa
     if offset != reference.shape[0]:
         raise ValueError(f"reference has {reference.shape[0]} tokens, the examples {offset}")
     return total / offset
+
+
+def supervised_bytes(conversation: Conversation) -> int:
+    """UTF-8 bytes of the assistant messages the loss covers (those with weight 1)."""
+    return sum(len(m.content.encode("utf-8")) for m in conversation.messages
+               if m.role == "assistant" and m.weight)
+
+
+def bits_per_byte(tokens: TokenMetrics, num_bytes: int) -> float:
+    """The summed loss (nats) in bits, per byte of supervised text."""
+    return tokens.loss * tokens.tokens / math.log(2) / num_bytes
 
 
 def normalize(text: str) -> str:

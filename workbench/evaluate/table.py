@@ -23,13 +23,15 @@ def comparison_rows(report: dict) -> tuple[list[str], list[list[str]]]:
     """(header, rows): one row per model and data file, the baseline first."""
     baseline = {m["label"] for m in report["models"] if m["baseline"]}
     reference = next((m["label"] for m in report["models"] if m["path"] == report["reference"]), None)
-    header = ["model", "data", "loss", "ppl", "token acc", MATCH_TITLES[report["match"]]]
+    header = ["model", "data", "loss", "bits/byte", "ppl", "token acc", MATCH_TITLES[report["match"]]]
     if report["reference"]:
         header += [f"agrees with {reference or 'reference'}", "token agreement"]
     rows = []
     for row in report["results"]:
         name = row["model"] + (" (baseline)" if row["model"] in baseline else "")
-        cells = [name, row["data"], f"{row['loss']:.3f}", f"{row['perplexity']:.2f}",
+        bpb = row.get("bits_per_byte")
+        cells = [name, row["data"], f"{row['loss']:.3f}", "—" if bpb is None else f"{bpb:.3f}",
+                 f"{row['perplexity']:.2f}",
                  percent(row["token_accuracy"]), percent(row["match"])]
         if report["reference"]:
             cells += [percent(row["agreement"]), percent(row["token_agreement"])]
