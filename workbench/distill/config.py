@@ -109,5 +109,8 @@ class DistillConfig:
         return LossSpec(self.loss, self.beta, self.temperature, self.alpha, self.chunk_size, self.teacher_top_k)
 
     def run_identity(self) -> dict:
-        """The settings that define a run: a directory holding another identity is another run."""
-        return run_identity(self, VOLATILE)
+        """The settings that define a run: a directory holding another identity is another run.
+        The cross-tokenizer settings only when --cross-tokenizer is on, so runs from before it
+        existed keep their identity."""
+        volatile = VOLATILE if self.cross_tokenizer else (*VOLATILE, "cross_tokenizer", "uld_weight")
+        return run_identity(self, volatile)
