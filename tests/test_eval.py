@@ -14,8 +14,7 @@ from workbench.errors import CheckpointError, ConfigError, DataError
 from workbench.evaluate import EvalConfig, run
 from workbench.evaluate.answers import greedy_answers, prompt_of
 from workbench.evaluate.metrics import answer_matches, token_metrics
-from workbench.generation import generate_text
-from workbench.modeling import load_model, load_tokenizer
+from workbench.modeling import generate_text, load_model, load_tokenizer
 
 ROWS = [("upper: cat", "CAT"), ("upper: stone", "STONE"), ("count: dog", "3"),
         ("say hello to the fox", "hello fox, the quick brown fox"), ("count: river", "5")]

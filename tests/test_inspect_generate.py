@@ -7,8 +7,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from tests.cli_helpers import run_workbench
 from workbench.checkpoint import Checkpoint
-from workbench.generation import generate_text
-from workbench.modeling import load_model, load_tokenizer
+from workbench.modeling import generate_text, load_model, load_tokenizer
 
 
 def test_inspect_json_describes_checkpoint(tiny_llama_tied):

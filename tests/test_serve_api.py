@@ -35,7 +35,7 @@ def client(server):
 @pytest.fixture(scope="module")
 def expected(run_dir):
     """Greedy `workbench generate` answers (the function the command calls) of each step."""
-    from workbench.generation import generate_from_checkpoint
+    from workbench.modeling import generate_from_checkpoint
 
     return {name: generate_from_checkpoint(run_dir / name, PROMPT, max_new_tokens=12, temperature=0.0)
             for name in ("expert-a", "ties")}
@@ -69,7 +69,7 @@ def test_streamed_answer_equals_the_whole_answer(client, expected):
 
 
 def test_usage_counts_match_the_tokenizer(client, run_dir):
-    from workbench.generation import build_prompt_ids
+    from workbench.modeling import build_prompt_ids
     from workbench.modeling import load_tokenizer
 
     tokenizer = load_tokenizer(run_dir / "expert-a")

@@ -17,7 +17,7 @@ def chat(checkpoint, lines: list[str], *args: str) -> subprocess.CompletedProces
 
 
 def test_chat_answers_like_generate_and_follows_system_and_reset(tiny_qwen2):
-    from workbench.generation import generate_text
+    from workbench.modeling import generate_text
     from workbench.modeling import load_model, load_tokenizer
 
     model, tokenizer = load_model(tiny_qwen2), load_tokenizer(tiny_qwen2)

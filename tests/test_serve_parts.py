@@ -43,7 +43,7 @@ PROMPTS = ["what is two plus two?", "capital of france", "hello", "reverse the w
 def ask_all(batcher, tokenizer, prompts, max_new_tokens, join_after_first=False):
     """Submit the prompts (the rest only once the first has produced text, when asked) and
     return their answers in order."""
-    from workbench.generation import build_prompt_ids
+    from workbench.modeling import build_prompt_ids
 
     answers = [None] * len(prompts)
     done = [threading.Event() for _ in prompts]
@@ -68,7 +68,7 @@ def ask_all(batcher, tokenizer, prompts, max_new_tokens, join_after_first=False)
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 def test_requests_joining_a_running_batch_get_their_solo_greedy_answers(tiny_llama, dtype):
-    from workbench.generation import generate_text
+    from workbench.modeling import generate_text
     from workbench.modeling import load_model, load_tokenizer
 
     model, tokenizer = load_model(tiny_llama, dtype=dtype), load_tokenizer(tiny_llama)
@@ -83,7 +83,7 @@ def test_requests_joining_a_running_batch_get_their_solo_greedy_answers(tiny_lla
 
 
 def test_a_full_batch_makes_the_others_wait_and_all_finish(tiny_qwen2):
-    from workbench.generation import generate_text
+    from workbench.modeling import generate_text
     from workbench.modeling import load_model, load_tokenizer
 
     model, tokenizer = load_model(tiny_qwen2), load_tokenizer(tiny_qwen2)
@@ -165,7 +165,7 @@ def test_a_run_directory_without_a_finished_model_is_refused(tmp_path):
 
 
 def test_cancelled_and_shut_down_requests_leave_the_batch_early(tiny_llama):
-    from workbench.generation import build_prompt_ids
+    from workbench.modeling import build_prompt_ids
     from workbench.modeling import load_model, load_tokenizer
 
     model, tokenizer = load_model(tiny_llama), load_tokenizer(tiny_llama)

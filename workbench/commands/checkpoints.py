@@ -55,7 +55,7 @@ def inspect(checkpoint: str, as_json: bool) -> None:
 def generate(checkpoint: str, prompt: str, system: str | None, max_new_tokens: int,
              temperature: float, seed: int) -> None:
     """Answer PROMPT with CHECKPOINT (the chat template is applied when the tokenizer has one)."""
-    from workbench.generation import generate_from_checkpoint
+    from workbench.modeling import generate_from_checkpoint
 
     click.echo(generate_from_checkpoint(checkpoint, prompt, max_new_tokens=max_new_tokens,
                                         temperature=temperature, system=system, seed=seed))

@@ -18,7 +18,7 @@ import torch
 from workbench.data import IGNORE_INDEX, pad_collate
 from workbench.data.tokenize import TokenizedExample
 from workbench.evaluate.answers import left_padded
-from workbench.generation import sampling_kwargs
+from workbench.modeling import sampling_kwargs
 from workbench.training.objectives import unwrap
 
 

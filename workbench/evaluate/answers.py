@@ -12,7 +12,7 @@ import torch
 
 from workbench.data.loading import Conversation
 from workbench.errors import DataError
-from workbench.generation import sampling_kwargs
+from workbench.modeling import sampling_kwargs
 
 
 @dataclass(frozen=True)

@@ -134,7 +134,7 @@ def _check_model(pool: ModelPool, name: str) -> None:
 
 
 def _prompt_ids(loaded, parsed: protocol.Request, chat: bool) -> list[int]:
-    from workbench.generation import chat_prompt_ids
+    from workbench.modeling.generation import chat_prompt_ids
 
     tokenizer = loaded.tokenizer
     if chat:

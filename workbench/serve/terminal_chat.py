@@ -68,7 +68,7 @@ class TerminalChat:
         return True
 
     def answer(self, text: str) -> None:
-        from workbench.generation import chat_prompt_ids
+        from workbench.modeling.generation import chat_prompt_ids
 
         system = [{"role": "system", "content": self.system}] if self.system else []
         messages = [*system, *self.messages, {"role": "user", "content": text}]

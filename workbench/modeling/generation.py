@@ -7,7 +7,7 @@ import os
 import torch
 
 from workbench.errors import ConfigError
-from workbench.modeling import load_model, load_tokenizer
+from workbench.modeling.loading import load_model, load_tokenizer
 
 
 def build_prompt_ids(tokenizer, prompt: str, system: str | None = None) -> torch.Tensor:
