@@ -13,9 +13,9 @@ from tests.cli_helpers import run_workbench
 from tests.test_distill_engine import config, setup  # noqa: F401 (setup is a fixture)
 from workbench.data import IGNORE_INDEX, pad_collate, prepare_datasets
 from workbench.distill import run
-from workbench.distill.on_policy import OnPolicyObjective, answer_start, stop_token_ids
+from workbench.distill.on_policy import OnPolicyObjective, answer_start
 from workbench.errors import ConfigError
-from workbench.modeling import load_model, load_tokenizer
+from workbench.modeling import load_model, load_tokenizer, stop_token_ids
 
 
 def test_answer_start_is_the_start_of_the_last_supervised_span():

@@ -236,6 +236,7 @@ def run_teacher(model, weight: torch.Tensor, examples, tokenizer, top_k: int, te
     example's content key and first row. Batches start where the model's embedding is (a placed
     model moves the activations along its devices)."""
     from workbench.data import pad_collate
+    from workbench.modeling import pad_token_id
     from workbench.training.objectives import supervised_hidden_states
 
     device = model.get_input_embeddings().weight.device
@@ -245,7 +246,7 @@ def run_teacher(model, weight: torch.Tensor, examples, tokenizer, top_k: int, te
     pieces, keys, first_rows, row = [], [], [], 0
     for start in range(0, len(examples), batch_size):
         chunk = examples[start:start + batch_size]
-        batch = {k: v.to(device) for k, v in pad_collate(chunk, pad_id=tokenizer.pad_token_id or 0).items()}
+        batch = {k: v.to(device) for k, v in pad_collate(chunk, pad_id=pad_token_id(tokenizer)).items()}
         with torch.no_grad():
             hidden, _ = supervised_hidden_states(model, batch)
         pieces.append(teacher_topk(hidden.to(device), weight, top_k, temperature, tokens_per_chunk))

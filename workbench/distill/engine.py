@@ -21,7 +21,7 @@ from workbench.distill.cross_tokenizer.cache import check_cross_cache, cross_cac
 from workbench.distill.cross_tokenizer.data import conversations_by_source, cross_collate, cross_examples
 from workbench.distill.cross_tokenizer.objective import CrossTokenizerObjective, check_cross_tokenizers
 from workbench.distill.objective import DistillObjective, check_same_tokenizer
-from workbench.distill.on_policy import OnPolicyObjective, stop_token_ids
+from workbench.distill.on_policy import OnPolicyObjective
 from workbench.distill.student import LINEAGE_KIND as STUDENT_INIT
 from workbench.training.distributed import barrier, setup
 from workbench.training.events import plot_loss_curve
@@ -34,7 +34,7 @@ def run(config: DistillConfig) -> Checkpoint:
     """Distill ``config.teacher`` (or ``config.teacher_cache``) into ``config.student`` on
     ``config.dataset.data``, writing ``config.out``; return the distilled checkpoint."""
     from workbench.data import pack_examples, packed_collate, pad_collate, prepare_datasets
-    from workbench.modeling import load_model, load_tokenizer
+    from workbench.modeling import load_model, load_tokenizer, pad_token_id, stop_token_ids
 
     config.validate()
     ctx = setup()
@@ -86,7 +86,7 @@ def run(config: DistillConfig) -> Checkpoint:
         train_examples, val_examples = (cross_examples(examples, conversations, tokenizer, teacher_tokenizer,
                                                        config.train.max_length)
                                         for examples in (train_examples, val_examples))
-    pad_id = tokenizer.pad_token_id or 0
+    pad_id = pad_token_id(tokenizer)
     batch_collate = packed_collate if config.train.packing else pad_collate
     if config.train.packing:
         train_rows = pack_examples(train_examples, config.train.max_length)

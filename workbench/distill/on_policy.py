@@ -17,8 +17,7 @@ import torch
 
 from workbench.data import IGNORE_INDEX, pad_collate
 from workbench.data.tokenize import TokenizedExample
-from workbench.evaluate.answers import left_padded
-from workbench.modeling import sampling_kwargs
+from workbench.modeling import left_padded, sampling_kwargs
 from workbench.training.objectives import unwrap
 
 
@@ -26,7 +25,7 @@ class OnPolicyObjective:
     """Wraps an ``objective(model, batch)``: some batches get the student's own answers first."""
 
     def __init__(self, objective, *, fraction: float, max_new_tokens: int, temperature: float,
-                 max_length: int, pad_id: int, eos_ids: set[int]):
+                 max_length: int, pad_id: int, eos_ids: list[int] | set[int]):
         self.objective = objective
         self.fraction = fraction
         self.max_new_tokens = max_new_tokens
@@ -81,11 +80,3 @@ def answer_start(labels: torch.Tensor) -> int:
         start -= 1
     return start
 
-
-def stop_token_ids(model, tokenizer) -> set[int]:
-    """The ids that end an answer: the model's generation config's and the tokenizer's EOS."""
-    configured = unwrap(model).generation_config.eos_token_id
-    ids = set(configured if isinstance(configured, list) else [configured] if configured is not None else [])
-    if tokenizer.eos_token_id is not None:
-        ids.add(tokenizer.eos_token_id)
-    return ids

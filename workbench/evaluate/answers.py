@@ -12,7 +12,7 @@ import torch
 
 from workbench.data.loading import Conversation
 from workbench.errors import DataError
-from workbench.modeling import sampling_kwargs
+from workbench.modeling import left_padded, pad_token_id, prompt_ids, sampling_kwargs, stop_token_ids
 
 
 @dataclass(frozen=True)
@@ -36,37 +36,19 @@ def prompt_of(conversation: Conversation) -> Prompt:
     return Prompt(messages[:last], messages[last]["content"], conversation.source)
 
 
-def prompt_ids(tokenizer, prompt: Prompt) -> list[int]:
-    if not tokenizer.chat_template:
-        text = "\n".join(m["content"] for m in prompt.messages)
-        return tokenizer(text)["input_ids"]
-    text = tokenizer.apply_chat_template(prompt.messages, tokenize=False, add_generation_prompt=True)
-    return tokenizer(text, add_special_tokens=False)["input_ids"]
-
-
-def left_padded(encoded: list[list[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """(input_ids, attention_mask) of prompts padded on the left, so that every row's new
-    tokens start at the same column."""
-    width = max(len(ids) for ids in encoded)
-    input_ids = torch.full((len(encoded), width), pad_id, dtype=torch.long)
-    attention_mask = torch.zeros((len(encoded), width), dtype=torch.long)
-    for row, ids in enumerate(encoded):
-        input_ids[row, width - len(ids):] = torch.tensor(ids)
-        attention_mask[row, width - len(ids):] = 1
-    return input_ids, attention_mask
-
-
 @torch.no_grad()
 def greedy_answers(model, tokenizer, prompts: list[Prompt], *, max_new_tokens: int,
                    batch_size: int) -> list[str]:
-    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
-    encoded = [prompt_ids(tokenizer, p) for p in prompts]
+    pad_id = pad_token_id(tokenizer)
+    stop_ids = stop_token_ids(model, tokenizer)
+    encoded = [prompt_ids(tokenizer, p.messages) for p in prompts]
     answers = []
     for start in range(0, len(encoded), batch_size):
         input_ids, attention_mask = left_padded(encoded[start:start + batch_size], pad_id)
         width = input_ids.shape[1]
         output = model.generate(input_ids=input_ids, attention_mask=attention_mask,
-                                max_new_tokens=max_new_tokens, pad_token_id=pad_id, **sampling_kwargs(0.0))
+                                max_new_tokens=max_new_tokens, pad_token_id=pad_id, eos_token_id=stop_ids,
+                                **sampling_kwargs(0.0))
         for row in output[:, width:]:
             answers.append(tokenizer.decode(row, skip_special_tokens=True).strip())
     return answers

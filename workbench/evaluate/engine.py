@@ -22,6 +22,7 @@ from workbench.evaluate.config import EvalConfig
 from workbench.evaluate.metrics import (TokenMetrics, agreement, bits_per_byte, match_rate, supervised_bytes,
                                         token_agreement, token_metrics)
 from workbench.evaluate.table import write_outputs
+from workbench.modeling import pad_token_id
 
 LINEAGE_PARENT_ROLES = ("model", "base_model", "base", "teacher", "student")
 
@@ -134,8 +135,7 @@ def _evaluate_one(model, tokenizer, data: dict, config: EvalConfig) -> dict:
     examples = [tokenize_conversation(tokenizer, c) for c in data["conversations"]]
     truncated = any(len(e) > config.max_length for e in examples)
     examples = [truncate_example(e, config.max_length) if len(e) > config.max_length else e for e in examples]
-    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
-    tokens = token_metrics(model, examples, pad_id, config.batch_size)
+    tokens = token_metrics(model, examples, pad_token_id(tokenizer), config.batch_size)
     answers = greedy_answers(model, tokenizer, data["prompts"], max_new_tokens=config.max_new_tokens,
                              batch_size=config.batch_size)
     expected = [p.expected for p in data["prompts"]]

@@ -6,7 +6,7 @@ one set of stop tokens.
 """
 
 from workbench.modeling.generation import (build_prompt_ids, generate_from_checkpoint, generate_text,
-                                           sampling_kwargs)
+                                           left_padded, pad_token_id, prompt_ids, sampling_kwargs, stop_token_ids)
 from workbench.modeling.loading import (check_model_type, check_tensor_shapes, load_model, load_tokenizer,
                                         read_config)
 
@@ -16,8 +16,12 @@ __all__ = [
     "check_tensor_shapes",
     "generate_from_checkpoint",
     "generate_text",
+    "left_padded",
     "load_model",
     "load_tokenizer",
+    "pad_token_id",
+    "prompt_ids",
     "read_config",
     "sampling_kwargs",
+    "stop_token_ids",
 ]

@@ -134,7 +134,7 @@ def _check_model(pool: ModelPool, name: str) -> None:
 
 
 def _prompt_ids(loaded, parsed: protocol.Request, chat: bool) -> list[int]:
-    from workbench.modeling.generation import chat_prompt_ids
+    from workbench.modeling import prompt_ids
 
     tokenizer = loaded.tokenizer
     if chat:
@@ -142,7 +142,7 @@ def _prompt_ids(loaded, parsed: protocol.Request, chat: bool) -> list[int]:
             raise APIError(400, f"model '{parsed.model}' has no chat template; use /v1/completions",
                            param="messages")
         try:
-            return chat_prompt_ids(tokenizer, parsed.messages)[0].tolist()
+            return prompt_ids(tokenizer, parsed.messages)
         except Exception as exc:  # the template itself refuses the conversation (raise_exception)
             raise APIError(400, f"the chat template of '{parsed.model}' refused these messages: {exc}",
                            param="messages") from None

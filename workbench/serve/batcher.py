@@ -26,6 +26,7 @@ from typing import Callable
 
 import torch
 
+from workbench.modeling import pad_token_id, stop_token_ids
 from workbench.serve.sampling import Sampling, find_stop, next_token, releasable
 
 
@@ -132,8 +133,10 @@ class Batcher:
         self.model = model
         self.tokenizer = tokenizer
         self.max_rows = max_rows
-        self.eos_ids = _eos_ids(model, tokenizer)
-        self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else self.eos_ids[0]
+        self.eos_ids = stop_token_ids(model, tokenizer)
+        if not self.eos_ids:
+            raise ValueError("the model has no end-of-sequence token in its generation config or tokenizer")
+        self.pad_id = pad_token_id(tokenizer)
         self.cache_arg = _cache_argument(model)
         self._waiting: list[GenerationRequest] = []
         self._batch: _Batch | None = None
@@ -294,14 +297,3 @@ def _cache_argument(model) -> str:
     import inspect
 
     return "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
-
-
-def _eos_ids(model, tokenizer) -> list[int]:
-    """End-of-sequence ids from the generation config (what ``generate`` stops on), else the tokenizer's."""
-    eos = getattr(model.generation_config, "eos_token_id", None)
-    if eos is None:
-        eos = tokenizer.eos_token_id
-    ids = [eos] if isinstance(eos, int) else list(eos or [])
-    if not ids:
-        raise ValueError("the model has no end-of-sequence token in its generation config or tokenizer")
-    return ids

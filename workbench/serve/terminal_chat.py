@@ -68,11 +68,11 @@ class TerminalChat:
         return True
 
     def answer(self, text: str) -> None:
-        from workbench.modeling.generation import chat_prompt_ids
+        from workbench import modeling
 
         system = [{"role": "system", "content": self.system}] if self.system else []
         messages = [*system, *self.messages, {"role": "user", "content": text}]
-        prompt_ids = chat_prompt_ids(self.tokenizer, messages)[0].tolist()
+        prompt_ids = modeling.prompt_ids(self.tokenizer, messages)
         budget = self.max_new_tokens
         if self.context is not None:
             budget = min(budget, self.context - len(prompt_ids))

@@ -30,7 +30,7 @@ from workbench.training.rundir import check_resume_from, check_run_dir, start_ru
 def run(config: SFTConfig) -> Checkpoint:
     """Fine-tune ``config.model`` on ``config.dataset.data`` into ``config.out``; return the checkpoint."""
     from workbench.data import pack_examples, packed_collate, pad_collate, prepare_datasets
-    from workbench.modeling import load_model, load_tokenizer
+    from workbench.modeling import load_model, load_tokenizer, pad_token_id
 
     config.validate()
     ctx = setup()
@@ -53,10 +53,10 @@ def run(config: SFTConfig) -> Checkpoint:
     if config.train.packing:
         train_rows = pack_examples(train_examples, config.train.max_length)
         val_rows = pack_examples(val_examples, config.train.max_length)
-        collate = partial(packed_collate, pad_id=tokenizer.pad_token_id or 0)
+        collate = partial(packed_collate, pad_id=pad_token_id(tokenizer))
     else:
         train_rows, val_rows = train_examples, val_examples
-        collate = partial(pad_collate, pad_id=tokenizer.pad_token_id or 0)
+        collate = partial(pad_collate, pad_id=pad_token_id(tokenizer))
 
     torch.manual_seed(config.train.seed)  # the same LoRA initialization on every rank and every resume
     if config.train.fsdp and not config.lora_rank:  # each rank reads only its shards
