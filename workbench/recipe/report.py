@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import base64
 import html
-import json
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -19,8 +18,7 @@ from workbench.evaluate import cell, markdown_table
 from workbench.recipe.runner import format_metrics, format_seconds
 from workbench.recipe.schema import Recipe
 from workbench.recipe.state import read_record
-
-EVENTS_FILE = "events.jsonl"
+from workbench.training.events import EVENTS_FILE, plot_loss_curve
 
 
 def write_report(recipe: Recipe, run_dir: Path) -> Path:
@@ -81,30 +79,9 @@ def _plot_loss(run_dir: Path, step_id: str) -> Path | None:
     events_path = next(iter(sorted((run_dir / step_id).rglob(EVENTS_FILE))), None)
     if events_path is None:
         return None
-    events = [json.loads(line) for line in events_path.read_text().splitlines() if line.strip()]
-    train = [(e["step"], e["train_loss"]) for e in events if e.get("train_loss") is not None]
-    valid = [(e["step"], e["valid_loss"]) for e in events if e.get("valid_loss") is not None]
-    if not train and not valid:
-        return None
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(6, 3.5), dpi=100)
-    for points, label, style in ((train, "train loss", "-"), (valid, "valid loss", "o-")):
-        if points:
-            ax.plot(*zip(*points), style, label=label)
-    ax.set_xlabel("step")
-    ax.set_ylabel("loss")
-    ax.set_title(step_id)
-    ax.legend()
-    fig.tight_layout()
     out = run_dir / "plots" / f"{step_id}-loss.png"
     out.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(out)
-    plt.close(fig)
-    return out
+    return plot_loss_curve(events_path.parent, out, title=step_id)
 
 
 def render_markdown(blocks: list[tuple]) -> str:

@@ -59,10 +59,13 @@ def read_events(path: Path) -> list[dict]:
     return events
 
 
-def plot_loss_curve(run_dir: Path) -> Path | None:
-    """Train (and validation) loss against step, as RUN_DIR/loss.png."""
+def plot_loss_curve(run_dir: Path, out: Path | None = None, title: str | None = None) -> Path | None:
+    """Train (and validation) loss against step from RUN_DIR/events.jsonl, as ``out``
+    (RUN_DIR/loss.png by default); None when no loss was logged."""
     events = read_events(run_dir / EVENTS_FILE)
-    if not events:
+    train = [(e["step"], e["train_loss"]) for e in events if e.get("train_loss") is not None]
+    valid = [(e["step"], e["valid_loss"]) for e in events if e.get("valid_loss") is not None]
+    if not train and not valid:
         return None
     import matplotlib
 
@@ -70,16 +73,17 @@ def plot_loss_curve(run_dir: Path) -> Path | None:
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(7, 4))
-    ax.plot([e["step"] for e in events], [e["train_loss"] for e in events], label="train loss")
-    valid = [e for e in events if e.get("valid_loss") is not None]
-    if valid:
-        ax.plot([e["step"] for e in valid], [e["valid_loss"] for e in valid], "o-", label="valid loss")
+    for points, label, style in ((train, "train loss", "-"), (valid, "valid loss", "o-")):
+        if points:
+            ax.plot(*zip(*points), style, label=label)
     ax.set_xlabel("step")
     ax.set_ylabel("loss")
+    if title:
+        ax.set_title(title)
     ax.legend()
     ax.grid(alpha=0.3)
     fig.tight_layout()
-    out = run_dir / PLOT_FILE
+    out = out or run_dir / PLOT_FILE
     png = io.BytesIO()
     fig.savefig(png, format="png", dpi=100)
     plt.close(fig)
