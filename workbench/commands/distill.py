@@ -2,11 +2,10 @@
 
 from __future__ import annotations
 
-import os
-
 import click
 
 from workbench.commands.config_options import config_from_cli, config_options
+from workbench.console import log
 from workbench.distill.config import DistillConfig
 
 
@@ -61,11 +60,10 @@ def distill(ctx: click.Context, config_file: str | None, **given) -> None:
 
     config = config_from_cli(DistillConfig, config_file, given)
     checkpoint = engine.run(config)
-    if os.environ.get("RANK", "0") == "0":
-        metrics = (checkpoint.lineage or {}).get("metrics", {})
-        shown = ("train_loss", "valid_kd_loss", "valid_student_ce", "valid_teacher_agreement")
-        summary = ", ".join(f"{key} {metrics[key]:.4f}" for key in shown if key in metrics)
-        click.echo(f"wrote {checkpoint.path}" + (f" ({summary})" if summary else ""))
+    metrics = (checkpoint.lineage or {}).get("metrics", {})
+    shown = ("train_loss", "valid_kd_loss", "valid_student_ce", "valid_teacher_agreement")
+    summary = ", ".join(f"{key} {metrics[key]:.4f}" for key in shown if key in metrics)
+    log(f"wrote {checkpoint.path}" + (f" ({summary})" if summary else ""))
 
 
 @distill.command("cache-teacher")

@@ -2,11 +2,10 @@
 
 from __future__ import annotations
 
-import os
-
 import click
 
 from workbench.commands.config_options import config_from_cli, config_options
+from workbench.console import log
 from workbench.sft.config import SFTConfig
 
 
@@ -22,7 +21,6 @@ def sft(config_file: str | None, **given) -> None:
 
     config = config_from_cli(SFTConfig, config_file, given)
     checkpoint = engine.run(config)
-    if os.environ.get("RANK", "0") == "0":
-        metrics = (checkpoint.lineage or {}).get("metrics", {})
-        summary = ", ".join(f"{key} {metrics[key]:.4f}" for key in ("train_loss", "valid_loss") if key in metrics)
-        click.echo(f"wrote {checkpoint.path}" + (f" ({summary})" if summary else ""))
+    metrics = (checkpoint.lineage or {}).get("metrics", {})
+    summary = ", ".join(f"{key} {metrics[key]:.4f}" for key in ("train_loss", "valid_loss") if key in metrics)
+    log(f"wrote {checkpoint.path}" + (f" ({summary})" if summary else ""))

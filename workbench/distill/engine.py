@@ -8,13 +8,13 @@ events.jsonl, loss.png and checkpoints/, so re-running the same command resumes)
 
 from __future__ import annotations
 
-import sys
 from functools import partial
 from pathlib import Path
 
 import torch
 
 from workbench.checkpoint import Checkpoint, file_fingerprint, make_lineage, parse_dtype
+from workbench.console import log
 from workbench.distill.cache import TeacherCache, cached_collate, tokenizer_fingerprint
 from workbench.distill.config import DistillConfig
 from workbench.distill.cross_tokenizer.cache import check_cross_cache, cross_cached_collate
@@ -59,13 +59,13 @@ def run(config: DistillConfig) -> Checkpoint:
     else:
         check_same_tokenizer(tokenizer, load_tokenizer(teacher.path), student.path, teacher.path)
     teacher_params = teacher.num_parameters if teacher else None
-    if teacher_params and student.num_parameters > teacher_params and ctx.is_main:
-        print(f"warning: the student ({student.num_parameters:,} parameters) is larger than the teacher "
-              f"({teacher_params:,})", file=sys.stderr)
-    if reverse_kl_from_a_fresh_cut(student, config) and ctx.is_main:
-        print("warning: the student is a fresh `student init` cut, confidently wrong where reverse KL has "
+    if teacher_params and student.num_parameters > teacher_params:
+        log(f"warning: the student ({student.num_parameters:,} parameters) is larger than the teacher "
+              f"({teacher_params:,})", err=True)
+    if reverse_kl_from_a_fresh_cut(student, config):
+        log("warning: the student is a fresh `student init` cut, confidently wrong where reverse KL has "
               "almost no gradient, so pure reverse KL barely moves it; distill it with --loss forward_kl "
-              "(or --alpha below 1) first, then with reverse KL (docs/distill.md, Real result)", file=sys.stderr)
+              "(or --alpha below 1) first, then with reverse KL (docs/distill.md, Real result)", err=True)
 
     out = Path(config.out)
     inputs = {"student": student, "data": config.dataset.data, **({"teacher": teacher} if teacher else {}),

@@ -1,0 +1,18 @@
+"""Rank-aware output: under torchrun every process runs the same command, and only rank 0
+(RANK unset or "0") speaks, so a line appears once however many processes train."""
+
+from __future__ import annotations
+
+import os
+
+import click
+
+
+def is_rank_zero() -> bool:
+    return os.environ.get("RANK", "0") == "0"
+
+
+def log(message: str, *, err: bool = False) -> None:
+    """Print ``message`` (to stderr with ``err``) on rank 0 only."""
+    if is_rank_zero():
+        click.echo(message, err=err)
