@@ -64,7 +64,7 @@ def run(config: dict | str | os.PathLike, out_dir: str | os.PathLike, *, backend
             and _vocab_sizes_differ(merge_config):
         blockers = ["different vocabularies need mergekit's tokenizer alignment"]
     if backend == "mergekit" or blockers:
-        from workbench.merge.engine import check_compatible
+        from workbench.merge.native import check_compatible
         from workbench.merge.mergekit_backend import check_parameters, run_mergekit
 
         check_parameters(merge_config)
@@ -82,7 +82,7 @@ def tensors(config: dict | str | os.PathLike | MergeConfig, progress: bool = Fal
     disk round trip. Native methods and plain checkpoint inputs only (a LoRA input would be
     merged into its base on every call). Each tensor may be a view onto a memory-mapped
     input: copy it before asking for the next."""
-    from workbench.merge.engine import merged_tensors, open_inputs
+    from workbench.merge.native import merged_tensors, open_inputs
 
     merge_config = config if isinstance(config, MergeConfig) else load_config(config)
     blockers = merge_config.native_blockers()
@@ -99,7 +99,7 @@ def tensors(config: dict | str | os.PathLike | MergeConfig, progress: bool = Fal
 
 def _run_native(config: MergeConfig, out_dir: Path, *, overwrite: bool, progress: bool,
                 attachments: Attachments | None) -> Checkpoint:
-    from workbench.merge.engine import open_inputs, run_native
+    from workbench.merge.native import open_inputs, run_native
 
     # Header-only checks first, against a LoRA's base: adapters are merged only after.
     plan = open_inputs(config, lambda entry: Checkpoint(entry.ref.path))
