@@ -19,6 +19,7 @@ import torch
 from workbench.checkpoint import Checkpoint, CheckpointWriter
 from workbench.errors import CheckpointError, ConfigError
 from workbench.merge import methods
+from workbench.merge.compatibility import check_compatible
 from workbench.merge.config import INPUT, NON_BASE, SHARED, MergeConfig, ModelEntry, resolve_parameter
 from workbench.merge.output import Attachments, finish_checkpoint
 from workbench.merge.reader import MappedCheckpoint
@@ -76,34 +77,6 @@ def open_inputs(config: MergeConfig, checkpoint_of: Callable[[ModelEntry], Check
         t = 0.0 if match is None else (int(match.group(1)) / (layers - 1) if layers > 1 else 1.0)
         jobs.append(resolve_job(config, entries, base_index, name, infos[0].shape, t, work, out))
     return MergePlan(config, entries, checkpoints, base_index, jobs)
-
-
-def check_compatible(entries: list[ModelEntry], checkpoints: list[Checkpoint]) -> None:
-    """Same architecture, vocab size, depth, tensor names and shapes, from headers alone."""
-    first, first_label = checkpoints[0], str(entries[0].ref)
-    for entry, ckpt in zip(entries[1:], checkpoints[1:]):
-        label = str(entry.ref)
-        if ckpt.architecture != first.architecture:
-            raise CheckpointError(f"different architectures: {first_label} is {first.architecture}, "
-                                  f"{label} is {ckpt.architecture}")
-        if ckpt.vocab_size != first.vocab_size:
-            raise CheckpointError(f"different vocab sizes: {first_label} has {first.vocab_size}, {label} has "
-                                  f"{ckpt.vocab_size}; set tokenizer_source (base, union or a model) to "
-                                  "merge across vocabularies")
-        if ckpt.num_layers != first.num_layers:
-            raise CheckpointError(f"different depths: {first_label} has {first.num_layers} layers, {label} "
-                                  f"has {ckpt.num_layers}")
-        missing = [n for n in first.tensors if n not in ckpt.tensors]
-        extra = [n for n in ckpt.tensors if n not in first.tensors]
-        if missing:
-            raise CheckpointError(f"tensor '{missing[0]}' is in {first_label} but missing in {label}")
-        if extra:
-            raise CheckpointError(f"tensor '{extra[0]}' is in {label} but missing in {first_label}")
-        for name, info in first.tensors.items():
-            other = ckpt.tensors[name].shape
-            if other != info.shape:
-                raise CheckpointError(f"tensor '{name}' has shape {list(info.shape)} in {first_label} but "
-                                      f"{list(other)} in {label}")
 
 
 def resolve_job(config: MergeConfig, entries: list[ModelEntry], base_index: int | None, name: str,
