@@ -22,7 +22,7 @@ def pickle_only_copy(source, out_dir):
     """The checkpoint at ``source`` with its weights as pytorch_model.bin instead of safetensors."""
     shutil.copytree(source, out_dir)
     checkpoint = Checkpoint(out_dir)
-    torch.save(dict(checkpoint.iter_tensors()), out_dir / "pytorch_model.bin")
+    torch.save({name: checkpoint.read(name) for name in checkpoint.tensors}, out_dir / "pytorch_model.bin")
     for shard in checkpoint.shard_files:
         shard.unlink()
     return out_dir

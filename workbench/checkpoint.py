@@ -18,7 +18,7 @@ import os
 import shutil
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Callable, Iterable, Iterator
+from typing import Callable, Iterable
 
 import torch
 
@@ -168,10 +168,6 @@ class Checkpoint:
         if handle is None:
             handle = self._handles[info.file] = safe_open(str(info.file), framework="pt")
         return handle.get_tensor(name)
-
-    def iter_tensors(self) -> Iterator[tuple[str, torch.Tensor]]:
-        for name in self.tensors:
-            yield name, self.read(name)
 
     # --- what the model is ---------------------------------------------------------------
 

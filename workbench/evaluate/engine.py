@@ -6,7 +6,6 @@ with ``base``, or found by following the first model's lineage back to its root.
 
 from __future__ import annotations
 
-import json
 import re
 import sys
 import time
@@ -176,7 +175,3 @@ def _side_by_side(entries: list[dict], datasets: list[dict], outputs: dict, coun
                 "answers": {e["label"]: outputs[e["path"], data["name"]].answers[i] for e in entries},
             })
     return rows
-
-
-def load_report(out_dir: str | Path) -> dict:
-    return json.loads((Path(out_dir) / "eval.json").read_text())
