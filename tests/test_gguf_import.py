@@ -10,7 +10,7 @@ from tests.cli_helpers import REPO_ROOT, run_workbench
 from tests.tiny_gguf import write_tiny_llama_gguf
 from workbench.checkpoint import Checkpoint
 from workbench.modeling import build_prompt_ids
-from workbench.gguf_import import load_gguf
+from workbench.model_import.gguf import load_gguf
 
 REAL_GGUF = REPO_ROOT / "models/.gguf/SmolLM2-135M-Instruct.Q4_1.gguf"
 REAL_CHECKPOINT = REPO_ROOT / "models/smollm2-135m-instruct"

@@ -1,6 +1,6 @@
 """Tiny random checkpoints and tokenizers built at test time (no hub, no download).
 
-Built from the pieces of the recipe's `tiny` import (``workbench.recipe.tiny_model``), plus
+Built from the pieces of the recipe's `tiny` import (``workbench.model_import.tiny``), plus
 what only tests need: a Zephyr-like template, GPT-2 models, tied embeddings, their own corpus.
 ``make_tokenizer`` trains a small byte-level BPE with a chat template; ``make_checkpoint``
 builds a random Llama-, Qwen2- or GPT-2-like model of a few hundred KB and writes it with the
@@ -13,9 +13,9 @@ from pathlib import Path
 
 import torch
 
-from workbench.recipe.tiny_model import CHATML as CHATML_TEMPLATE
-from workbench.recipe.tiny_model import SPECIAL_TOKENS as CHATML_SPECIAL_TOKENS
-from workbench.recipe.tiny_model import random_model, tiny_config, tiny_tokenizer
+from workbench.model_import.tiny import CHATML as CHATML_TEMPLATE
+from workbench.model_import.tiny import SPECIAL_TOKENS as CHATML_SPECIAL_TOKENS
+from workbench.model_import.tiny import random_model, tiny_config, tiny_tokenizer
 
 # Zephyr-like: no dedicated end-of-turn token in front of the next role; ends turns with </s>.
 ZEPHYR_TEMPLATE = (

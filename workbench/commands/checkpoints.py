@@ -25,7 +25,7 @@ def import_gguf_command(gguf_file: str, out_dir: str, dtype: str, overwrite: boo
     appears only once complete.
     """
     from workbench.checkpoint import parse_dtype
-    from workbench.gguf_import import import_gguf
+    from workbench.model_import.gguf import import_gguf
 
     ckpt = import_gguf(gguf_file, out_dir, dtype=parse_dtype(dtype), overwrite=overwrite)
     click.echo(f"wrote {ckpt.path} ({ckpt.num_parameters:,} parameters, {ckpt.architecture})")
@@ -38,7 +38,7 @@ def inspect(checkpoint: str, as_json: bool) -> None:
     """Show what CHECKPOINT holds: architecture, parameters, dtypes, layers, vocab, shards,
     tied embeddings, chat template and lineage. Reads headers only."""
     from workbench.checkpoint import Checkpoint
-    from workbench.inspection import describe, format_description
+    from workbench.commands.inspection import describe, format_description
 
     description = describe(Checkpoint(checkpoint))
     click.echo(json.dumps(description, indent=2) if as_json else format_description(description))
