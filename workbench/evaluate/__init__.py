@@ -9,9 +9,9 @@ with ``mean_kl`` (KL to a reference). They are imported lazily so that reading `
 """
 
 from workbench.evaluate.config import EvalConfig
-from workbench.evaluate.table import REPORT_JSON, REPORT_MARKDOWN, cell, comparison_rows, markdown_table
+from workbench.evaluate.table import REPORT_JSON, REPORT_MARKDOWN, comparison_rows
 
-__all__ = ["EvalConfig", "REPORT_JSON", "REPORT_MARKDOWN", "cell", "comparison_rows", "markdown_table", "run",
+__all__ = ["EvalConfig", "REPORT_JSON", "REPORT_MARKDOWN", "comparison_rows", "run",
            "token_metrics", "greedy_answers", "prompt_of", "match_rate", "supervised_logprobs", "mean_kl"]
 
 _LAZY = {

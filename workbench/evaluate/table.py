@@ -5,14 +5,10 @@ from __future__ import annotations
 from pathlib import Path
 
 from workbench import atomic
+from workbench.markdown import cell, markdown_table
 
 REPORT_JSON, REPORT_MARKDOWN = "eval.json", "eval.md"  # what an evaluation writes to its out dir
 MATCH_TITLES = {"exact": "exact match", "contains": "answer contains", "regex": "regex match"}
-
-
-def cell(text) -> str:
-    """Text safe inside a markdown table cell."""
-    return str(text).replace("|", "\\|").replace("\n", "<br>") or " "
 
 
 def percent(value) -> str:
@@ -37,12 +33,6 @@ def comparison_rows(report: dict) -> tuple[list[str], list[list[str]]]:
             cells += [percent(row["agreement"]), percent(row["token_agreement"])]
         rows.append(cells)
     return header, rows
-
-
-def markdown_table(header: list[str], rows: list[list]) -> str:
-    lines = ["| " + " | ".join(cell(h) for h in header) + " |", "|" + "---|" * len(header)]
-    lines += ["| " + " | ".join(cell(c) for c in row) + " |" for row in rows]
-    return "\n".join(lines)
 
 
 def comparison_table(report: dict) -> str:

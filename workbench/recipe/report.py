@@ -14,7 +14,7 @@ from pathlib import Path
 
 from workbench import __version__
 from workbench.atomic import write_text
-from workbench.evaluate import cell, markdown_table
+from workbench.markdown import cell, markdown_table
 from workbench.recipe.runner import format_metrics, format_seconds
 from workbench.recipe.schema import Recipe
 from workbench.recipe.state import read_record
