@@ -25,7 +25,7 @@ def import_gguf_command(gguf_file: str, out_dir: str, dtype: str, overwrite: boo
     appears only once complete.
     """
     from workbench.checkpoint import parse_dtype
-    from workbench.model_import.gguf import import_gguf
+    from workbench.model_import import import_gguf
 
     ckpt = import_gguf(gguf_file, out_dir, dtype=parse_dtype(dtype), overwrite=overwrite)
     click.echo(f"wrote {ckpt.path} ({ckpt.num_parameters:,} parameters, {ckpt.architecture})")

@@ -11,6 +11,7 @@ import os
 import statistics
 from dataclasses import asdict, dataclass
 
+from workbench.constants import TRUNCATION_MODES
 from workbench.data.batching import epoch_order
 from workbench.data.loading import Conversation, join_problems, load_conversations
 from workbench.data.tokenize import (
@@ -20,8 +21,6 @@ from workbench.data.tokenize import (
     truncate_example,
 )
 from workbench.errors import ConfigError, DataError
-
-TRUNCATION_MODES = ("truncate", "drop")
 
 
 @dataclass

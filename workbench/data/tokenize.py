@@ -27,10 +27,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from workbench.constants import IGNORE_INDEX
 from workbench.data.loading import Conversation
 from workbench.errors import DataError
 
-IGNORE_INDEX = -100
 # The probe conversation that shows what the template writes after an assistant's content.
 _PROBE_ANSWER = "workbench probe answer"
 _PROBE = [{"role": "user", "content": "workbench probe question"},

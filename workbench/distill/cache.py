@@ -21,13 +21,13 @@ import torch
 
 from workbench import atomic
 from workbench.checkpoint import Checkpoint, file_fingerprint, parse_dtype
+from workbench.constants import IGNORE_INDEX
 from workbench.distill.losses import LossSpec, SparseTeacher, sparse_from_logprobs
 from workbench.errors import ConfigError
 
 MANIFEST = "teacher_cache.json"
 TENSORS = "topk.safetensors"
 FORMAT = 1
-IGNORE_INDEX = -100
 
 
 def example_key(example) -> int:

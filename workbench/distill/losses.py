@@ -42,9 +42,9 @@ from typing import NamedTuple
 
 import torch
 
+from workbench.constants import IGNORE_INDEX
 from workbench.errors import ConfigError
 
-IGNORE_INDEX = -100
 KD_LOSSES = ("reverse_kl", "forward_kl", "jsd")
 AUTO_CHUNK_LOGITS = 2**25
 

@@ -12,7 +12,8 @@ import math
 import torch
 import torch.nn.functional as F
 
-from workbench.distill.losses import IGNORE_INDEX, LossSpec
+from workbench.constants import IGNORE_INDEX
+from workbench.distill.losses import LossSpec
 
 
 def plain_distill_loss(student_hidden: torch.Tensor, student_weight: torch.Tensor,

@@ -30,7 +30,7 @@ class Import(StepKind):
     def validate(self, step, stand_in: str) -> None:
         """The tiny model's options and the dtype a GGUF file is dequantized to."""
         if step.params.get("tiny") is not None:
-            from workbench.model_import.tiny import check_tiny_options
+            from workbench.model_import import check_tiny_options
 
             check_tiny_options(step.params["tiny"])
         if step.params.get("dtype") is not None:
@@ -46,9 +46,9 @@ class Import(StepKind):
             return Checkpoint(params["path"]).path
         if params.get("gguf") is not None:
             from workbench.checkpoint import parse_dtype
-            from workbench.model_import.gguf import import_gguf
+            from workbench.model_import import import_gguf
 
             return import_gguf(params["gguf"], call.out, dtype=parse_dtype(params.get("dtype")), overwrite=True).path
-        from workbench.model_import.tiny import build_tiny
+        from workbench.model_import import build_tiny
 
         return build_tiny(call.out, params["tiny"], overwrite=True).path
