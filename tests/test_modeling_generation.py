@@ -99,3 +99,11 @@ def test_a_base_model_stops_at_the_end_of_its_turn():
     sampler = OnPolicyObjective(None, fraction=1.0, max_new_tokens=5, temperature=0.0, max_length=64,
                                 pad_id=pad_token_id(tokenizer), eos_ids=stop_token_ids(model, tokenizer))
     assert sampler.sample(model, [[5, 6, 7], [8]], torch.device("cpu")) == [[im_end], [im_end]]
+
+
+def test_left_padding_equals_the_tokenizers_own():
+    tokenizer = make_tokenizer("chatml")
+    encoded = [tokenizer("what is two and two")["input_ids"], tokenizer("hi")["input_ids"]]
+    own = tokenizer.pad({"input_ids": encoded}, padding=True, padding_side="left", return_tensors="pt")
+    ids, mask = left_padded(encoded, pad_token_id(tokenizer))
+    assert torch.equal(ids, own["input_ids"]) and torch.equal(mask, own["attention_mask"])

@@ -16,7 +16,7 @@ from typing import Callable, Iterator
 
 import torch
 
-from workbench.checkpoint import Checkpoint, CheckpointWriter
+from workbench.checkpoint import DTYPE_NAMES, Checkpoint, CheckpointWriter
 from workbench.errors import CheckpointError, ConfigError
 from workbench.merge import methods
 from workbench.merge.compatibility import check_compatible
@@ -25,8 +25,7 @@ from workbench.merge.output import Attachments, finish_checkpoint
 from workbench.merge.reader import MappedCheckpoint
 from workbench.safetensors_io import PlannedTensor
 
-TORCH_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16,
-                "float64": torch.float64}
+TORCH_DTYPES = {**DTYPE_NAMES, "float64": torch.float64}  # mergekit configs may ask for float64
 # Decoder-layer tensors in Hugging Face naming (model.layers.N., transformer.h.N., ...):
 # these get t = N / (layers - 1) for layer gradients; all others t = 0, as in mergekit.
 LAYER_PATTERN = re.compile(r"(?:^|\.)(?:layers|h|blocks|layer)\.(\d+)\.")

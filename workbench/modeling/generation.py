@@ -45,7 +45,9 @@ def pad_token_id(tokenizer) -> int:
 
 
 def left_padded(encoded: list[list[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """(input_ids, attention_mask) of prompts padded on the left."""
+    """(input_ids, attention_mask) of prompts padded on the left: what ``tokenizer.pad(...,
+    padding_side="left")`` gives (tested), also for a tokenizer without a pad token, which
+    ``tokenizer.pad`` refuses and the pad-id rule serves with its EOS."""
     width = max(len(ids) for ids in encoded)
     input_ids = torch.full((len(encoded), width), pad_id, dtype=torch.long)
     attention_mask = torch.zeros((len(encoded), width), dtype=torch.long)
