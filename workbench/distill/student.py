@@ -8,15 +8,13 @@ teacher into the student's shards one at a time, so any teacher size fits in mem
 from __future__ import annotations
 
 import os
-import re
 from pathlib import Path
 
 from workbench.checkpoint import CONFIG_FILE, Checkpoint, CheckpointWriter, make_lineage
+from workbench.constants import LAYER_NAME
 from workbench.errors import CheckpointError, ConfigError
 from workbench.safetensors_io import PlannedTensor
 
-# decoder layers: model.layers.N. (llama, qwen2, mistral, ...) and transformer.h.N. (gpt2)
-LAYER_NAME = re.compile(r"^(?P<prefix>(?:.+\.)?(?:layers|h))\.(?P<index>\d+)\.(?P<rest>.+)$")
 LAYER_COUNT_KEYS = ("num_hidden_layers", "n_layer")
 # workbench.json "kind" of a checkpoint that `student init` wrote (an untrained cut)
 LINEAGE_KIND = "student-init"
@@ -196,5 +194,5 @@ def _student_names(teacher: Checkpoint, keep: list[int]) -> dict[str, str]:
     if seen_layers != set(range(teacher.num_layers)):
         raise CheckpointError(
             f"{teacher.path}: cannot find decoder layers 0..{teacher.num_layers - 1} in the tensor names "
-            "(expected model.layers.N.* or transformer.h.N.*)")
+            "(expected model.layers.N.*, transformer.h.N.*, ...blocks.N.* or ...layer.N.*)")
     return renames

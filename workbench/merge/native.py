@@ -9,7 +9,6 @@ resident memory is a few tensors (the output and one scratch buffer) plus chunks
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterator
@@ -17,6 +16,7 @@ from typing import Callable, Iterator
 import torch
 
 from workbench.checkpoint import DTYPE_NAMES, Checkpoint, CheckpointWriter
+from workbench.constants import LAYER_NAME
 from workbench.errors import CheckpointError, ConfigError
 from workbench.merge import methods
 from workbench.merge.compatibility import check_compatible
@@ -26,9 +26,6 @@ from workbench.merge.reader import MappedCheckpoint
 from workbench.safetensors_io import PlannedTensor
 
 TORCH_DTYPES = {**DTYPE_NAMES, "float64": torch.float64}  # mergekit configs may ask for float64
-# Decoder-layer tensors in Hugging Face naming (model.layers.N., transformer.h.N., ...):
-# these get t = N / (layers - 1) for layer gradients; all others t = 0, as in mergekit.
-LAYER_PATTERN = re.compile(r"(?:^|\.)(?:layers|h|blocks|layer)\.(\d+)\.")
 
 
 @dataclass
@@ -72,8 +69,9 @@ def open_inputs(config: MergeConfig, checkpoint_of: Callable[[ModelEntry], Check
         if not stored.is_floating_point:
             jobs.append(TensorJob(name, infos[0].shape, stored, stored, {}, []))
             continue
-        match = LAYER_PATTERN.search(name)
-        t = 0.0 if match is None else (int(match.group(1)) / (layers - 1) if layers > 1 else 1.0)
+        # a decoder layer's tensors get t = N / (layers - 1) for layer gradients, all others 0, as in mergekit
+        match = LAYER_NAME.match(name)
+        t = 0.0 if match is None else (int(match["index"]) / (layers - 1) if layers > 1 else 1.0)
         jobs.append(resolve_job(config, entries, base_index, name, infos[0].shape, t, work, out))
     return MergePlan(config, entries, checkpoints, base_index, jobs)
 
