@@ -139,13 +139,13 @@ def main() -> None:
         return
 
     sys.path.insert(0, str(REPO))
-    from tests.tiny_models import make_checkpoint
+    from workbench.model_import import build_tiny
 
     work = Path(args.work or tempfile.mkdtemp(prefix="bench-sft-"))
     work.mkdir(parents=True, exist_ok=True)
     tiny = work / "tiny-llama"
     if not tiny.exists():
-        make_checkpoint(tiny, arch="llama", layers=4, hidden=128)
+        build_tiny(tiny, {"arch": "llama", "layers": 4, "hidden": 128, "vocab_size": 384})
     models = [("tiny llama (4x128)", str(tiny), args.steps)]
     if args.smollm and Path(args.smollm).exists():
         models.append(("SmolLM2-135M", args.smollm, args.smollm_steps))

@@ -87,3 +87,14 @@ def test_the_checks_see_imports_inside_functions():
     """Engines are imported lazily inside methods; the checks must still see them."""
     assert ("recipe/kinds/merge.py", "workbench.merge") in imports_by_part()["recipe"]
     assert ("distill/engine.py", "workbench.modeling") in imports_by_part()["distill"]
+
+
+def test_scripts_import_nothing_from_tests():
+    """Benchmarks and tools build what they need from the package, not from the test suite."""
+    bad = []
+    for path in sorted((PACKAGE.parent / "scripts").glob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text(), str(path))):
+            names = [a.name for a in node.names] if isinstance(node, ast.Import) else \
+                [node.module or ""] if isinstance(node, ast.ImportFrom) else []
+            bad += [(path.name, name) for name in names if name.split(".")[0] == "tests"]
+    assert bad == []
