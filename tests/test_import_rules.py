@@ -98,3 +98,9 @@ def test_scripts_import_nothing_from_tests():
                 [node.module or ""] if isinstance(node, ast.ImportFrom) else []
             bad += [(path.name, name) for name in names if name.split(".")[0] == "tests"]
     assert bad == []
+
+
+def test_only_the_console_and_the_process_group_read_the_rank():
+    """Who prints under torchrun is decided in one place (workbench.console.log)."""
+    readers = sorted(str(p.relative_to(PACKAGE)) for p in PACKAGE.rglob("*.py") if '"RANK"' in p.read_text())
+    assert readers == ["console.py", "training/distributed.py"]
