@@ -17,6 +17,7 @@ import click
 
 from workbench import __version__
 from workbench.commands import COMMANDS
+from workbench.console import is_rank_zero, rank
 from workbench.errors import ConfigError, WorkbenchError
 
 
@@ -54,11 +55,10 @@ def run_cli(args: list[str]) -> int:
     except WorkbenchError as exc:
         if debug:
             raise
-        rank = os.environ.get("RANK", "0")
-        if rank == "0":
+        if is_rank_zero():
             click.echo(f"error: {exc}", err=True)
         elif not isinstance(exc, ConfigError):  # bad input is checked alike on every rank: said once
-            click.echo(f"error (rank {rank}): {exc}", err=True)
+            click.echo(f"error (rank {rank()}): {exc}", err=True)
         return exc.exit_code
     except click.exceptions.Abort:
         click.echo("aborted", err=True)

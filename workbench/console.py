@@ -8,8 +8,13 @@ import os
 import click
 
 
+def rank() -> int:
+    """This process's rank under torchrun (0 without it)."""
+    return int(os.environ.get("RANK", "0"))
+
+
 def is_rank_zero() -> bool:
-    return os.environ.get("RANK", "0") == "0"
+    return rank() == 0
 
 
 def log(message: str, *, err: bool = False) -> None:
