@@ -140,7 +140,7 @@ def test_finds_the_weights_of_a_known_mix(sampler, tmp_path):
     0.3 a + 0.6 b: the search over both weights must land near (0.3, 0.6). (The inputs' output
     layers are scaled up 3x so that their next-token distributions are peaked enough for the
     KL to tell weights 0.05 apart; a tiny random model's are nearly uniform.)"""
-    from workbench.generation import generate_text
+    from workbench.modeling import generate_text
     from workbench.modeling import load_model, load_tokenizer
 
     base = make_checkpoint(tmp_path / "base", layers=2, seed=11)
