@@ -131,31 +131,37 @@ def distill_loss(student_hidden: torch.Tensor, student_weight: torch.Tensor,
     if torch.is_grad_enabled() and (student_hidden.requires_grad or student_weight.requires_grad):
         loss, stats = _ChunkedDistill.apply(student_hidden, student_weight, labels, teacher, spec)
     else:
-        loss, stats, _, _ = _chunked(student_hidden, student_weight, labels, teacher, spec, False, False)
+        loss, stats, _, _ = _chunked(student_hidden, student_weight, labels, teacher, spec,
+                                     want_hidden_grad=False, want_weight_grad=False)
     kd, ce, correct, agree, tokens = stats.tolist()
     return loss, DistillStats(kd, ce, correct, agree, int(tokens))
 
 
-class _ChunkedDistill(torch.autograd.Function):
-    """Loss and statistics in forward, with the gradients computed there too (per chunk)."""
+def gradients_in_forward(chunked) -> type[torch.autograd.Function]:
+    """An autograd Function around ``chunked(hidden, weight, *rest, want_hidden_grad=...,
+    want_weight_grad=...) -> (loss, stats, grad_hidden, grad_weight)``: the chunked losses compute
+    their gradients in forward, chunk by chunk, so backward only scales them by the incoming grad."""
 
-    @staticmethod
-    def forward(ctx, hidden, weight, labels, teacher, spec):
-        loss, stats, grad_h, grad_w = _chunked(hidden, weight, labels, teacher, spec,
-                                               ctx.needs_input_grad[0], ctx.needs_input_grad[1])
-        ctx.save_for_backward(grad_h, grad_w)
-        ctx.mark_non_differentiable(stats)
-        return loss, stats
+    class GradientsInForward(torch.autograd.Function):
+        @staticmethod
+        def forward(ctx, hidden, weight, *rest):
+            loss, stats, grad_h, grad_w = chunked(hidden, weight, *rest, want_hidden_grad=ctx.needs_input_grad[0],
+                                                  want_weight_grad=ctx.needs_input_grad[1])
+            ctx.save_for_backward(grad_h, grad_w)
+            ctx.mark_non_differentiable(stats)
+            ctx.num_rest = len(rest)
+            return loss, stats
 
-    @staticmethod
-    def backward(ctx, grad_loss, _grad_stats):
-        grad_h, grad_w = ctx.saved_tensors
-        return (None if grad_h is None else grad_h * grad_loss.to(grad_h.dtype),
-                None if grad_w is None else grad_w * grad_loss.to(grad_w.dtype),
-                None, None, None)
+        @staticmethod
+        def backward(ctx, grad_loss, _grad_stats):
+            grad_h, grad_w = ctx.saved_tensors
+            return (None if grad_h is None else grad_h * grad_loss.to(grad_h.dtype),
+                    None if grad_w is None else grad_w * grad_loss.to(grad_w.dtype), *[None] * ctx.num_rest)
+
+    return GradientsInForward
 
 
-def _chunked(hidden, weight, labels, teacher, spec: LossSpec, want_hidden_grad: bool, want_weight_grad: bool):
+def _chunked(hidden, weight, labels, teacher, spec: LossSpec, *, want_hidden_grad: bool, want_weight_grad: bool):
     """Loss, stats [kd, ce, correct, agree, tokens] and, when asked, the gradients of the loss
     w.r.t. ``hidden`` and ``weight`` (in their dtypes), one chunk of supervised tokens at a time."""
     rows = (labels != IGNORE_INDEX).nonzero().squeeze(1)
@@ -340,3 +346,6 @@ def _sparse_divergence(student_logp: torch.Tensor, teacher: SparseTeacher, diver
 def _weighted(weight: torch.Tensor, value: torch.Tensor) -> torch.Tensor:
     """weight * value with 0 * anything = 0 (empty buckets, -inf log-probabilities)."""
     return torch.where(weight > 0, weight * value, 0.0)
+
+
+_ChunkedDistill = gradients_in_forward(_chunked)

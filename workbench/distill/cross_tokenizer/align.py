@@ -26,7 +26,7 @@ from typing import NamedTuple
 import torch
 
 from workbench.distill.cross_tokenizer.teacher import CachedRows, OnlineRows, teacher_logprobs, teacher_vocab
-from workbench.distill.losses import LossSpec, SparseTeacher, _chunk
+from workbench.distill.losses import LossSpec, SparseTeacher, _chunk, gradients_in_forward
 
 
 class AlignStats(NamedTuple):
@@ -54,22 +54,6 @@ def align_loss(student_hidden, student_weight, targets, teacher: OnlineRows | Ca
         loss, stats, _, _ = _chunked(*args, want_hidden_grad=False, want_weight_grad=False)
     kd, uld, ce, correct, agree, pairs, tokens = stats.tolist()
     return loss, AlignStats(kd, uld, ce, correct, agree, int(pairs), int(tokens))
-
-
-class _ChunkedAlign(torch.autograd.Function):
-    @staticmethod
-    def forward(ctx, *args):
-        loss, stats, grad_h, grad_w = _chunked(*args, want_hidden_grad=ctx.needs_input_grad[0],
-                                               want_weight_grad=ctx.needs_input_grad[1])
-        ctx.save_for_backward(grad_h, grad_w)
-        ctx.mark_non_differentiable(stats)
-        return loss, stats
-
-    @staticmethod
-    def backward(ctx, grad_loss, _grad_stats):
-        grad_h, grad_w = ctx.saved_tensors
-        return (None if grad_h is None else grad_h * grad_loss.to(grad_h.dtype),
-                None if grad_w is None else grad_w * grad_loss.to(grad_w.dtype), *[None] * 8)
 
 
 def _unmapped(vocab: int, mapped: torch.Tensor) -> torch.Tensor:
@@ -162,3 +146,6 @@ def _uld_unmapped(q: torch.Tensor, p: torch.Tensor) -> tuple[torch.Tensor, torch
     g_sorted = torch.ones_like(q_sorted)
     g_sorted[:, :m] = torch.sign(q_sorted[:, :m] - p_sorted[:, :m])
     return uld, torch.empty_like(g_sorted).scatter_(1, order, g_sorted)
+
+
+_ChunkedAlign = gradients_in_forward(_chunked)

@@ -24,6 +24,7 @@ from typing import NamedTuple
 import torch
 
 from workbench.distill.cross_tokenizer.teacher import CachedRows, OnlineRows, teacher_logprobs
+from workbench.distill.losses import gradients_in_forward
 
 ULD_WEIGHT = 1.5
 
@@ -64,23 +65,6 @@ def uld_loss(student_hidden: torch.Tensor, student_weight: torch.Tensor, targets
         loss, stats, _, _ = _chunked(*args, want_hidden_grad=False, want_weight_grad=False)
     kd, ce, correct, pairs, tokens = stats.tolist()
     return loss, CrossStats(kd, ce, correct, int(pairs), int(tokens))
-
-
-class _ChunkedULD(torch.autograd.Function):
-    @staticmethod
-    def forward(ctx, *args):
-        loss, stats, grad_h, grad_w = _chunked(*args, want_hidden_grad=ctx.needs_input_grad[0],
-                                               want_weight_grad=ctx.needs_input_grad[1])
-        ctx.save_for_backward(grad_h, grad_w)
-        ctx.mark_non_differentiable(stats)
-        return loss, stats
-
-    @staticmethod
-    def backward(ctx, grad_loss, _grad_stats):
-        grad_h, grad_w = ctx.saved_tensors
-        return (None if grad_h is None else grad_h * grad_loss.to(grad_h.dtype),
-                None if grad_w is None else grad_w * grad_loss.to(grad_w.dtype),
-                *[None] * 6)
 
 
 def _chunked(hidden, weight, targets, teacher, pair_student, uld_weight, temperature, chunk_size, *,
@@ -138,3 +122,6 @@ def _uld_chunk(logits: torch.Tensor, local_pairs: torch.Tensor, teacher_logp: to
     d_pairs = q.mul_(g - (g * q).sum(dim=1, keepdim=True)).div_(temperature)
     dlogits.index_copy_(0, local_pairs, d_pairs)
     return kd, dlogits
+
+
+_ChunkedULD = gradients_in_forward(_chunked)
