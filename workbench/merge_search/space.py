@@ -31,7 +31,7 @@ from pathlib import Path
 from typing import Any
 
 from workbench.errors import ConfigError, did_you_mean
-from workbench.merge import INPUT, NATIVE_METHODS, NON_BASE, SHARED, MergeConfig, ModelRef, validate_config
+from workbench.merge import INPUT, NON_BASE, SHARED, MergeConfig, ModelRef, validate_config
 
 SAMPLERS = ("tpe", "cmaes", "random", "grid")
 METRICS = ("loss", "exact_match", "kl")
@@ -152,14 +152,8 @@ def parse_search(raw: dict, source: str, trials: int | None = None) -> SearchSpe
                           "seed); without one, use `workbench merge`")
     merge = validate_config(raw, source)
     where = f"{source}: search"
-    for key in block:
-        if key not in SEARCH_KEYS:
-            raise ConfigError(f"{where}: unknown key '{key}'{did_you_mean(str(key), SEARCH_KEYS)} "
-                              f"(known: {', '.join(SEARCH_KEYS)})")
-    sampler = block.get("sampler", "tpe")
-    if sampler not in SAMPLERS:
-        raise ConfigError(f"{where}.sampler: unknown sampler {sampler!r}{did_you_mean(str(sampler), SAMPLERS)} "
-                          f"(expected one of {', '.join(SAMPLERS)})")
+    _check_keys(block, SEARCH_KEYS, where)
+    sampler = _choice(block.get("sampler", "tpe"), SAMPLERS, f"{where}.sampler", "sampler")
     spec = SearchSpec(
         merge=merge,
         dimensions=_dimensions(block.get("parameters"), merge, sampler, f"{where}.parameters"),
@@ -181,6 +175,20 @@ def check_trials(value: Any, where: str) -> int:
     if value is None:
         raise ConfigError(f"{where}: how many trials to run is required (a whole number >= 1)")
     return _integer(value, where, minimum=1)
+
+
+def _check_keys(block: dict, known: tuple[str, ...], where: str) -> None:
+    for key in block:
+        if key not in known:
+            raise ConfigError(f"{where}: unknown key '{key}'{did_you_mean(str(key), known)} "
+                              f"(known: {', '.join(known)})")
+
+
+def _choice(value: Any, choices: tuple[str, ...], where: str, what: str) -> str:
+    if value not in choices:
+        raise ConfigError(f"{where}: unknown {what} {value!r}{did_you_mean(str(value), choices)} "
+                          f"(expected one of {', '.join(choices)})")
+    return value
 
 
 def _integer(value: Any, where: str, minimum: int) -> int:
@@ -236,10 +244,7 @@ def _dimension(path: str, spec: Any, merge: MergeConfig, sampler: str, where: st
                               "does not use")
     if not isinstance(spec, dict):
         raise ConfigError(f"{where}: expected a range {{low: ..., high: ...}}, got {spec!r}")
-    for key in spec:
-        if key not in RANGE_KEYS:
-            raise ConfigError(f"{where}: unknown key '{key}'{did_you_mean(str(key), RANGE_KEYS)} "
-                              f"(known: {', '.join(RANGE_KEYS)})")
+    _check_keys(spec, RANGE_KEYS, where)
     for key in ("low", "high"):
         if key not in spec:
             raise ConfigError(f"{where}: '{key}' is required")
@@ -289,10 +294,7 @@ def _objective(block: Any, where: str) -> list[Term]:
             item = {"data": item}
         if not isinstance(item, dict):
             raise ConfigError(f"{at}: expected {{data: FILE, weight: W, metric: {'|'.join(METRICS)}}}")
-        for key in item:
-            if key not in TERM_KEYS:
-                raise ConfigError(f"{at}: unknown key '{key}'{did_you_mean(str(key), TERM_KEYS)} "
-                                  f"(known: {', '.join(TERM_KEYS)})")
+        _check_keys(item, TERM_KEYS, at)
         if not isinstance(item.get("data"), str) or not item["data"]:
             raise ConfigError(f"{at}: 'data' (a chat JSONL validation file) is required")
         data = Path(item["data"]).expanduser()
@@ -305,10 +307,7 @@ def _objective(block: Any, where: str) -> list[Term]:
         if weight <= 0:
             raise ConfigError(f"{at}.weight: must be > 0 (a term with no weight would be measured for "
                               f"nothing), got {weight:g}")
-        metric = item.get("metric", "loss")
-        if metric not in METRICS:
-            raise ConfigError(f"{at}.metric: unknown metric {metric!r}{did_you_mean(str(metric), METRICS)} "
-                              f"(expected one of {', '.join(METRICS)})")
+        metric = _choice(item.get("metric", "loss"), METRICS, f"{at}.metric", "metric")
         reference = None
         if metric == "kl":
             if not item.get("reference"):
