@@ -175,6 +175,18 @@ def check_out_dir(out: str | os.PathLike, overwrite: bool) -> None:
     atomic.check_replaceable(out)
 
 
+def open_teacher(teacher: str, top_k: int, temperature: float) -> Checkpoint:
+    """The teacher's checkpoint, once a cache's settings fit it: top_k within its vocabulary,
+    a positive temperature."""
+    teacher_ckpt = Checkpoint(teacher)
+    vocab = teacher_ckpt.vocab_size
+    if not 1 <= top_k <= vocab:
+        raise ConfigError(f"top_k must be between 1 and the teacher's vocab size {vocab}, got {top_k}")
+    if not temperature > 0:
+        raise ConfigError(f"temperature must be > 0, got {temperature!r}")
+    return teacher_ckpt
+
+
 def build_teacher_cache(teacher: str, data: str, out: str, *, top_k: int = 64, val_data: str | None = None,
                         val_split: float = 0.1, max_length: int = 1024, truncation: str = "truncate",
                         seed: int = 0, temperature: float = 1.0, dtype: str = "float16",
@@ -190,12 +202,7 @@ def build_teacher_cache(teacher: str, data: str, out: str, *, top_k: int = 64, v
     from workbench.distill.placement import head_weight, load_placed_model, parse_devices, parse_max_memory
     from workbench.modeling import load_model, load_tokenizer
 
-    teacher_ckpt = Checkpoint(teacher)
-    vocab = teacher_ckpt.vocab_size
-    if not 1 <= top_k <= vocab:
-        raise ConfigError(f"top_k must be between 1 and the teacher's vocab size {vocab}, got {top_k}")
-    if not temperature > 0:
-        raise ConfigError(f"temperature must be > 0, got {temperature!r}")
+    teacher_ckpt = open_teacher(teacher, top_k, temperature)
     logprob_dtype = parse_dtype(dtype)
     if device_map and teacher_device:
         raise ConfigError("--teacher-device and --device-map both place the teacher: pick one")
@@ -223,8 +230,8 @@ def build_teacher_cache(teacher: str, data: str, out: str, *, top_k: int = 64, v
         "format": FORMAT, "teacher": str(teacher_ckpt.path), "teacher_fingerprint": teacher_ckpt.fingerprint(),
         "data": str(data), "data_fingerprint": file_fingerprint(data),
         "val_data_fingerprint": file_fingerprint(val_data) if val_data else None,
-        "tokenizer_fingerprint": tokenizer_fingerprint(tokenizer), "vocab_size": vocab, "top_k": top_k,
-        "temperature": temperature, "max_length": max_length, "truncation": truncation,
+        "tokenizer_fingerprint": tokenizer_fingerprint(tokenizer), "vocab_size": teacher_ckpt.vocab_size,
+        "top_k": top_k, "temperature": temperature, "max_length": max_length, "truncation": truncation,
         "val_split": val_split, "seed": seed, "examples": len(examples),
     }
     return write_cache(out, manifest, cached, keys, first_rows, logprob_dtype)

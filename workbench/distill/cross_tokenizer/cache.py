@@ -15,9 +15,9 @@ from __future__ import annotations
 
 import torch
 
-from workbench.checkpoint import Checkpoint, file_fingerprint, parse_dtype
-from workbench.distill.cache import (TeacherCache, check_out_dir, example_key, supervised_next_tokens, teacher_topk,
-                                     tokenizer_fingerprint, write_cache)
+from workbench.checkpoint import file_fingerprint, parse_dtype
+from workbench.distill.cache import (TeacherCache, check_out_dir, example_key, open_teacher, supervised_next_tokens,
+                                     teacher_topk, tokenizer_fingerprint, write_cache)
 from workbench.distill.cross_tokenizer.data import conversations_by_source, cross_examples
 from workbench.distill.cross_tokenizer.objective import check_cross_tokenizers
 from workbench.distill.cross_tokenizer.vocab_map import vocab_map
@@ -39,12 +39,7 @@ def build_cross_teacher_cache(teacher: str, student: str, data: str, out: str, *
 
     if mode not in CROSS_TOKENIZER_MODES:
         raise ConfigError(f"cross_tokenizer must be one of {', '.join(CROSS_TOKENIZER_MODES)}, got {mode!r}")
-    teacher_ckpt = Checkpoint(teacher)
-    vocab = teacher_ckpt.vocab_size
-    if not 1 <= top_k <= vocab:
-        raise ConfigError(f"top_k must be between 1 and the teacher's vocab size {vocab}, got {top_k}")
-    if not temperature > 0:
-        raise ConfigError(f"temperature must be > 0, got {temperature!r}")
+    teacher_ckpt = open_teacher(teacher, top_k, temperature)
     check_out_dir(out, overwrite)
     student_tokenizer, teacher_tokenizer = load_tokenizer(student), load_tokenizer(teacher_ckpt.path)
     check_cross_tokenizers(student_tokenizer, teacher_tokenizer, student, teacher_ckpt.path)
@@ -79,8 +74,8 @@ def build_cross_teacher_cache(teacher: str, student: str, data: str, out: str, *
         "teacher_fingerprint": teacher_ckpt.fingerprint(), "data": str(data), "data_fingerprint": file_fingerprint(data),
         "val_data_fingerprint": file_fingerprint(val_data) if val_data else None,
         "tokenizer_fingerprint": tokenizer_fingerprint(student_tokenizer),
-        "teacher_tokenizer_fingerprint": tokenizer_fingerprint(teacher_tokenizer), "vocab_size": vocab,
-        "top_k": top_k, "temperature": temperature, "max_length": max_length, "truncation": truncation,
+        "teacher_tokenizer_fingerprint": tokenizer_fingerprint(teacher_tokenizer),
+        "vocab_size": teacher_ckpt.vocab_size, "top_k": top_k, "temperature": temperature, "max_length": max_length, "truncation": truncation,
         "val_split": val_split, "seed": seed, "examples": len(rows),
     }
     return write_cache(out, manifest, cached, keys, first_rows, parse_dtype(dtype), extra=extra)
