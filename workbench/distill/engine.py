@@ -27,7 +27,7 @@ from workbench.training.distributed import barrier, setup
 from workbench.training.events import plot_loss_curve
 from workbench.training.fsdp import ShardedTeacher, check_fsdp_launch, empty_model
 from workbench.training.loop import train
-from workbench.training.rundir import check_resume_from, check_run_dir, start_run_dir, write_final_model
+from workbench.training.rundir import begin_run, check_run_dir, write_final_model
 
 
 def run(config: DistillConfig) -> Checkpoint:
@@ -130,12 +130,7 @@ def run(config: DistillConfig) -> Checkpoint:
             objective, fraction=config.on_policy, max_new_tokens=config.max_new_tokens,
             temperature=config.sample_temperature, max_length=config.train.max_length, pad_id=pad_id,
             eos_ids=stop_token_ids(model, tokenizer))
-    if status == "continue":
-        check_resume_from(out, ctx, config.train.fsdp)
-    barrier(ctx)  # every rank has checked its inputs; only now is anything written
-    if ctx.is_main:
-        start_run_dir(out, identity, status, config.train.overwrite)
-    barrier(ctx)
+    begin_run(out, identity, status, ctx, fsdp=config.train.fsdp, overwrite=config.train.overwrite)
     result = train(model, train_rows, val_rows, collate, config.train, out, ctx, objective, eval_objective)
     lineage = None
     if ctx.is_main:

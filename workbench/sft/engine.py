@@ -24,7 +24,7 @@ from workbench.training.events import plot_loss_curve
 from workbench.training.fsdp import check_fsdp_launch, empty_model
 from workbench.training.loop import train
 from workbench.training.objectives import causal_lm_objective
-from workbench.training.rundir import check_resume_from, check_run_dir, start_run_dir, write_final_model
+from workbench.training.rundir import begin_run, check_run_dir, write_final_model
 
 
 def run(config: SFTConfig) -> Checkpoint:
@@ -66,12 +66,7 @@ def run(config: SFTConfig) -> Checkpoint:
     if config.lora_rank:
         model = apply_lora(model, config.lora_rank, config.lora_alpha, config.lora_dropout, config.target_modules)
 
-    if status == "continue":
-        check_resume_from(out, ctx, config.train.fsdp)
-    barrier(ctx)  # every rank has checked its inputs; only now is anything written
-    if ctx.is_main:
-        start_run_dir(out, identity, status, config.train.overwrite)
-    barrier(ctx)
+    begin_run(out, identity, status, ctx, fsdp=config.train.fsdp, overwrite=config.train.overwrite)
     result = train(model, train_rows, val_rows, collate, config.train, out, ctx, causal_lm_objective)
     if config.train.fsdp and config.lora_rank:
         model = unsharded_lora_copy(model, base, config, ctx)  # rank 0 merges and writes as without FSDP

@@ -16,7 +16,7 @@ from pathlib import Path
 from workbench import atomic
 from workbench.checkpoint import CONFIG_FILE, Checkpoint, parse_dtype, save_model, unique_state_dict
 from workbench.errors import ConfigError
-from workbench.training.distributed import Dist
+from workbench.training.distributed import Dist, barrier
 
 RUN_FILE = "run.json"
 
@@ -50,6 +50,18 @@ def check_run_dir(out: Path, identity: dict, *, resume: bool, overwrite: bool) -
     if recorded == identity and (out / CONFIG_FILE).exists():
         return "done"
     return "continue"
+
+
+def begin_run(out: Path, identity: dict, status: str, ctx: Dist, *, fsdp: bool, overwrite: bool) -> None:
+    """Called on every rank once its inputs are checked: a run to continue must be resumable
+    by this launch; only when every rank got this far does rank 0 (re)create OUT, while the
+    others wait for it."""
+    if status == "continue":
+        check_resume_from(out, ctx, fsdp)
+    barrier(ctx)  # every rank has checked its inputs; only now is anything written
+    if ctx.is_main:
+        start_run_dir(out, identity, status, overwrite)
+    barrier(ctx)
 
 
 def check_resume_from(out: Path, ctx: Dist, fsdp: bool) -> None:
