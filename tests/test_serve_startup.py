@@ -56,6 +56,14 @@ def test_all_interfaces_without_api_key_are_refused_unless_insecure(tiny_llama):
     assert "--host 0.0.0.0 accepts connections from other machines" in line
 
 
+@pytest.mark.parametrize("option, value, accepted", [
+    ("--max-tokens", "0", "x>=1"), ("--max-queue", "-1", "x>=0"), ("--idle-unload", "0", "x>0"),
+    ("--shutdown-timeout", "-1", "x>=0")])
+def test_a_limit_out_of_its_range_is_refused_naming_the_option_and_its_range(tiny_llama, option, value, accepted):
+    line = refused(tiny_llama, option, value)
+    assert f"'{option}'" in line and f"not in the range {accepted}" in line
+
+
 def test_sigterm_lets_the_answer_in_flight_finish_and_exits_0(tiny_llama):
     server = Server(tiny_llama, "--max-tokens", "200")
     body = json.dumps({"model": "llama", "prompt": "the quick brown fox", "max_tokens": 200,

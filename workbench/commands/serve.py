@@ -4,6 +4,26 @@ from __future__ import annotations
 
 import click
 
+# The server's limits: option, the values it accepts (click refuses others in one line), default, help.
+LIMITS = (
+    ("--max-tokens", click.IntRange(min=1), 1024, "Most tokens one answer may ask for; more is refused."),
+    ("--max-concurrent", click.IntRange(min=1), 16, "Answers one model generates at once (one batch)."),
+    ("--max-queue", click.IntRange(min=0), 64, "Requests admitted beyond --max-concurrent; more get 429."),
+    ("--max-body-bytes", click.IntRange(min=1), 1 << 20, "Largest request body; more gets 413."),
+    ("--max-loaded", click.IntRange(min=1), 4,
+     "Models held in memory at once; the least recently used idle one is unloaded."),
+    ("--idle-unload", click.FloatRange(min=0, min_open=True), 300.0, "Seconds after which an idle model is unloaded."),
+    ("--shutdown-timeout", click.FloatRange(min=0), 30.0,
+     "On SIGTERM/SIGINT, seconds to let answers in flight finish before cancelling them."),
+)
+
+
+def limit_options(func):
+    """Decorator adding the options of LIMITS, in their order."""
+    for flag, values, default, text in reversed(LIMITS):
+        func = click.option(flag, type=values, default=default, show_default=True, help=text)(func)
+    return func
+
 
 @click.command()
 @click.argument("paths", nargs=-1, required=True, type=click.Path(path_type=str))
@@ -13,20 +33,7 @@ import click
 @click.option("--api-key", envvar="WORKBENCH_API_KEY", default=None,
               help="Require 'Authorization: Bearer KEY' on every endpoint but /health [env: WORKBENCH_API_KEY].")
 @click.option("--insecure", is_flag=True, help="Allow a non-loopback --host without an API key.")
-@click.option("--max-tokens", type=int, default=1024, show_default=True,
-              help="Most tokens one answer may ask for; more is refused.")
-@click.option("--max-concurrent", type=int, default=16, show_default=True,
-              help="Answers one model generates at once (one batch).")
-@click.option("--max-queue", type=int, default=64, show_default=True,
-              help="Requests admitted beyond --max-concurrent; more get 429.")
-@click.option("--max-body-bytes", type=int, default=1 << 20, show_default=True,
-              help="Largest request body; more gets 413.")
-@click.option("--max-loaded", type=int, default=4, show_default=True,
-              help="Models held in memory at once; the least recently used idle one is unloaded.")
-@click.option("--idle-unload", type=float, default=300.0, show_default=True,
-              help="Seconds after which an idle model is unloaded.")
-@click.option("--shutdown-timeout", type=float, default=30.0, show_default=True,
-              help="On SIGTERM/SIGINT, seconds to let answers in flight finish before cancelling them.")
+@limit_options
 def serve(paths: tuple[str, ...], host: str, port: int, api_key: str | None, insecure: bool, max_tokens: int,
           max_concurrent: int, max_queue: int, max_body_bytes: int, max_loaded: int, idle_unload: float,
           shutdown_timeout: float) -> None:
@@ -36,17 +43,10 @@ def serve(paths: tuple[str, ...], host: str, port: int, api_key: str | None, ins
     runs/NAME/ (each finished step's checkpoint served under its step id). Models load on
     first use. Point any OpenAI client at http://HOST:PORT/v1.
     """
-    from workbench.errors import ConfigError
     from workbench.serve.app import Limits
     from workbench.serve.server import ServeOptions
     from workbench.serve.server import serve as run_server
 
-    for name, value in (("--max-tokens", max_tokens), ("--max-concurrent", max_concurrent),
-                        ("--max-body-bytes", max_body_bytes), ("--max-loaded", max_loaded)):
-        if value < 1:
-            raise ConfigError(f"{name} must be at least 1, got {value}")
-    if max_queue < 0 or idle_unload <= 0 or shutdown_timeout < 0:
-        raise ConfigError("--max-queue and --shutdown-timeout must be >= 0 and --idle-unload above 0")
     limits = Limits(max_tokens=max_tokens, max_body_bytes=max_body_bytes, max_running=max_concurrent,
                     max_waiting=max_queue)
     options = ServeOptions(host=host, port=port, api_key=api_key, insecure=insecure, limits=limits,
