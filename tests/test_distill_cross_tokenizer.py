@@ -11,6 +11,7 @@ import json
 import pytest
 import torch
 
+from tests.chat_runs import interrupted_copy, write_reversals
 from tests.cli_helpers import run_workbench
 from tests.tiny_models import make_checkpoint, make_sentencepiece_tokenizer, make_tokenizer
 from workbench.checkpoint import Checkpoint
@@ -63,18 +64,9 @@ def test_paired_targets_continue_the_same_answer_text(answer):
     assert len(pairs) >= len(t_targets) // 2
 
 
-WORDS = ["hello", "cat", "dog", "stone", "abc", "paris", "rome", "four", "two", "fox"]
-
-
 def write_chat(path, count, offset=0):
-    with open(path, "w") as f:
-        for i in range(offset, offset + count):
-            word = WORDS[i % len(WORDS)]
-            extra = " \U0001F600" if i % 3 == 0 else " café" if i % 3 == 1 else ""
-            f.write(json.dumps({"messages": [
-                {"role": "user", "content": f"reverse the word: {word} {i}"},
-                {"role": "assistant", "content": f"{word[::-1]} {i}{extra}"}]}) + "\n")
-    return path
+    """Answers that end in an emoji (4 bytes, split across byte tokens) or an accented word, every third plain."""
+    return write_reversals(path, count, offset, suffix=lambda i: (" \U0001F600", " café", "")[i % 3])
 
 
 @pytest.fixture(scope="module")
@@ -140,16 +132,11 @@ def test_accumulation_trains_the_same_student(setup, tmp_path):
 
 
 def test_an_interrupted_run_resumes_to_identical_weights(setup, tmp_path):
-    import shutil
-
     from safetensors.torch import load_file
 
     settings = dict(max_steps=4, save_every=2)
     straight = run(config(setup, tmp_path / "straight", **settings)).path
-    interrupted = tmp_path / "interrupted"
-    shutil.copytree(straight, interrupted)
-    (interrupted / "config.json").unlink()
-    shutil.rmtree(interrupted / "checkpoints" / "step-0000004")
+    interrupted = interrupted_copy(straight, tmp_path / "interrupted", "step-0000004")
     resumed = run(config(setup, interrupted, **settings)).path
     expected, got = load_file(str(straight / "model.safetensors")), load_file(str(resumed / "model.safetensors"))
     for name in expected:

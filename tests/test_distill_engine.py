@@ -9,6 +9,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from tests.chat_runs import write_reversals
 from tests.cli_helpers import run_workbench
 from workbench.checkpoint import Checkpoint
 from workbench.distill import DistillConfig, init_student, run
@@ -17,19 +18,6 @@ from workbench.errors import ConfigError
 from workbench.modeling import load_model, load_tokenizer
 from workbench.training.fields import config_from_dict
 
-WORDS = ["hello", "cat", "dog", "stone", "abc", "paris", "rome", "four", "two", "fox"]
-
-
-def write_chat(path, count, offset=0):
-    with open(path, "w") as f:
-        for i in range(offset, offset + count):
-            word = WORDS[i % len(WORDS)]
-            f.write(json.dumps({"messages": [
-                {"role": "user", "content": f"reverse the word: {word} {i}"},
-                {"role": "assistant", "content": f"{word[::-1]} {i}"}]}) + "\n")
-    return path
-
-
 @pytest.fixture(scope="module")
 def setup(tmp_path_factory):
     from tests.tiny_models import make_checkpoint
@@ -37,8 +25,8 @@ def setup(tmp_path_factory):
     root = tmp_path_factory.mktemp("distill")
     teacher = make_checkpoint(root / "teacher", arch="llama", layers=3, seed=1)
     student = init_student(teacher, root / "student", num_layers=2).path
-    return {"teacher": teacher, "student": student, "data": write_chat(root / "train.jsonl", 20),
-            "val": write_chat(root / "val.jsonl", 10, offset=100), "root": root}
+    return {"teacher": teacher, "student": student, "data": write_reversals(root / "train.jsonl", 20),
+            "val": write_reversals(root / "val.jsonl", 10, offset=100), "root": root}
 
 
 def config(setup, out, **overrides) -> DistillConfig:
@@ -129,7 +117,7 @@ def test_cache_cli_reports_bytes_per_token_and_refuses_other_data(setup, tmp_pat
     assert "34 bytes/token" in made.stdout
     assert json.loads((cache / "teacher_cache.json").read_text())["bytes_per_token"] == 8 * 2 + 8 * 2 + 2
 
-    other = write_chat(tmp_path / "other.jsonl", 20, offset=50)
+    other = write_reversals(tmp_path / "other.jsonl", 20, offset=50)
     with pytest.raises(ConfigError, match="made from other data"):
         run(config(setup, tmp_path / "a", data=str(other), teacher="", teacher_cache=str(cache)))
     with pytest.raises(ConfigError, match="made by another teacher"):

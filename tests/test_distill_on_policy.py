@@ -3,12 +3,12 @@ resumes exactly, bad settings are refused."""
 
 from __future__ import annotations
 
-import shutil
 
 import pytest
 import torch
 from safetensors.torch import load_file
 
+from tests.chat_runs import interrupted_copy
 from tests.cli_helpers import run_workbench
 from tests.test_distill_engine import config, setup  # noqa: F401 (setup is a fixture)
 from workbench.data import IGNORE_INDEX, pad_collate, prepare_datasets
@@ -70,10 +70,7 @@ def test_interrupted_on_policy_run_resumes_to_identical_weights(setup, tmp_path)
     settings = dict(on_policy=0.5, sample_temperature=1.0, max_new_tokens=8, max_steps=4, save_every=2, val_data=None,
                     val_split=0.0)
     straight = run(config(setup, tmp_path / "straight", **settings)).path
-    interrupted = tmp_path / "interrupted"
-    shutil.copytree(straight, interrupted)
-    (interrupted / "config.json").unlink()
-    shutil.rmtree(interrupted / "checkpoints" / "step-0000004")
+    interrupted = interrupted_copy(straight, tmp_path / "interrupted", "step-0000004")
 
     resumed = run(config(setup, interrupted, **settings)).path
 

@@ -23,8 +23,8 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+from tests.chat_runs import write_reversals
 from tests.cli_helpers import REPO_ROOT, run_workbench
-from tests.test_sft import WORDS
 from workbench.distill import DistillConfig, init_student
 from workbench.distill import run as distill_run
 from workbench.errors import ConfigError
@@ -38,14 +38,7 @@ STEPS = 6  # 22 training rows (2 held out), 2 ranks x batch 2 -> 6 steps per epo
 
 @pytest.fixture(scope="module")
 def data(tmp_path_factory):
-    path = tmp_path_factory.mktemp("fsdp-data") / "train.jsonl"
-    with open(path, "w") as f:
-        for i in range(24):
-            word = WORDS[i % len(WORDS)]
-            f.write(json.dumps({"messages": [
-                {"role": "user", "content": f"reverse the word: {word} {i}"},
-                {"role": "assistant", "content": f"{word[::-1]} {i}"}]}) + "\n")
-    return path
+    return write_reversals(tmp_path_factory.mktemp("fsdp-data") / "train.jsonl", 24)
 
 
 def sft_settings(model, data, out, **overrides) -> dict:
@@ -179,10 +172,8 @@ def distill_setup(tmp_path_factory, data):
     root = tmp_path_factory.mktemp("fsdp-distill")
     teacher = make_checkpoint(root / "teacher", arch="llama", layers=3, hidden=48, seed=1, tie=True)
     student = init_student(teacher, root / "student", num_layers=2).path
-    val = root / "val.jsonl"  # 5 rows over 2 ranks in batches of 2: rank 1 runs one pass fewer of its own
-    val.write_text("".join(json.dumps({"messages": [
-        {"role": "user", "content": f"reverse the word: {word} {i + 100}"},
-        {"role": "assistant", "content": f"{word[::-1]} {i + 100}"}]}) + "\n" for i, word in enumerate(WORDS[:5])))
+    # 5 rows over 2 ranks in batches of 2: rank 1 runs one pass fewer of its own
+    val = write_reversals(root / "val.jsonl", 5, offset=100)
     return {"teacher": teacher, "student": student, "data": data, "val": val}
 
 

@@ -14,23 +14,15 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+from tests.chat_runs import write_reversals
 from tests.cli_helpers import REPO_ROOT
 from workbench.sft import SFTConfig, run
 from workbench.training.fields import config_from_dict, flat_fields
 
-WORDS = ["hello", "cat", "dog", "stone", "abc", "paris", "rome", "four", "two", "fox"]
-
 
 @pytest.fixture(scope="module")
 def chat_data(tmp_path_factory):
-    path = tmp_path_factory.mktemp("sft-data") / "train.jsonl"
-    with open(path, "w") as f:
-        for i in range(24):
-            word = WORDS[i % len(WORDS)]
-            f.write(json.dumps({"messages": [
-                {"role": "user", "content": f"reverse the word: {word} {i}"},
-                {"role": "assistant", "content": f"{word[::-1]} {i}"}]}) + "\n")
-    return path
+    return write_reversals(tmp_path_factory.mktemp("sft-data") / "train.jsonl", 24)
 
 
 def sft_args(model, data, out, *extra) -> list[str]:
