@@ -208,22 +208,17 @@ def line_of(path: Path, text: str) -> int:
     return next(i for i, line in enumerate(path.read_text().splitlines(), start=1) if text in line)
 
 
-def test_a_set_value_that_is_not_yaml_is_one_line_exit_2_and_writes_nothing(tmp_path):
-    path = write_recipe(tmp_path, chain({"id": "x", "sft": {"model": "base", "data": "train.jsonl"}}))
-    result = run_workbench("run", path, "--runs-dir", tmp_path / "runs", "--set", "x.lr=[1,")
-    assert result.returncode == 2
-    assert result.stderr.startswith("error: ") and result.stderr.count("\n") == 1, result.stderr
-    assert "--set 'x.lr=[1,': YAML does not parse (line 1, column 4)" in result.stderr
-    assert not (tmp_path / "runs").exists()
-
-
-def test_a_set_value_the_engine_refuses_stops_the_recipe_before_any_step_runs(tmp_path):
+@pytest.mark.parametrize("assignment, message", [
+    ("x.lr=[1,", "--set 'x.lr=[1,': YAML does not parse (line 1, column 4)"),
+    ("x.lr=-1", "step 'x', key 'lr' (--set 'x.lr=-1'): lr must be > 0"),  # YAML, but the engine refuses it
+])
+def test_a_bad_set_value_is_one_line_exit_2_and_stops_the_recipe_before_any_step_runs(tmp_path, assignment, message):
     """The import step before x would otherwise run and write its state and the report."""
     path = write_recipe(tmp_path, chain({"id": "x", "sft": {"model": "base", "data": "train.jsonl"}}))
-    result = run_workbench("run", path, "--runs-dir", tmp_path / "runs", "--set", "x.lr=-1")
+    result = run_workbench("run", path, "--runs-dir", tmp_path / "runs", "--set", assignment)
     assert result.returncode == 2
     assert result.stderr.startswith("error: ") and result.stderr.count("\n") == 1, result.stderr
-    assert "step 'x', key 'lr' (--set 'x.lr=-1'): lr must be > 0" in result.stderr
+    assert message in result.stderr
     assert not (tmp_path / "runs").exists()
 
 
