@@ -206,8 +206,13 @@ class Runner:
 
     @staticmethod
     def _invoke(kind: StepKind, call: StepCall) -> Path:
-        """The one place a step is launched: in this process, by its kind. A launch option
-        that runs it elsewhere (several processes) branches here, on ``call.launch``."""
+        """The one place a step is launched: in this process, by its kind; or, when its launch
+        options ask for several processes, as the torchrun processes the kind describes."""
+        processes = kind.processes(call)
+        if processes is not None:
+            from workbench.recipe.processes import run_processes
+
+            return run_processes(processes, call.out)
         return kind.run(call)
 
     def _path_of(self, value) -> str:

@@ -261,13 +261,17 @@ def _check_parameters(step: Step, problems: Problems) -> None:
     """Runner-owned, unknown and missing keys; values coerced to their declared types."""
     spec = step.spec
     try:
-        allowed = spec.parameters()
+        allowed = {k: v for k, v in spec.parameters().items() if k not in spec.launch_options}
     except ImportError as exc:
         problems.add(f"the {step.kind} engine is not available ({exc})", step.group)
         return
     for key in list(step.params):
         if key in RUNNER_OWNED:
             problems.add(f"'{key}' is set by the runner (outputs go to runs/<name>/<step-id>/)", step.group, key)
+            del step.params[key]
+        elif key in spec.launch_options:
+            problems.add(f"'{key}' is a launch option: write it beside the step's 'id', not under "
+                         f"'{step.kind}'", step.group, key)
             del step.params[key]
         elif key not in allowed:
             problems.add(f"unknown parameter for {step.kind}{did_you_mean(key, allowed)}", step.group, key)
@@ -297,7 +301,7 @@ def _validate_with_engine(step: Step, stand_in: str, problems: Problems) -> None
     except WorkbenchError as exc:
         message = str(exc)
         first_word = message.split(" ", 1)[0]
-        problems.add(message, step.id, first_word if first_word in step.params else None)
+        problems.add(message, step.id, first_word if first_word in {**step.params, **step.launch} else None)
 
 
 def _topological_order(steps: list[Step], problems: Problems) -> list[Step]:

@@ -3,7 +3,7 @@
 Adding a kind is one new module with a ``StepKind`` subclass (see ``base``) and one line below.
 """
 
-from workbench.recipe.kinds.base import RUNNER_OWNED, StepCall, StepKind
+from workbench.recipe.kinds.base import RUNNER_OWNED, Processes, StepCall, StepKind
 from workbench.recipe.kinds.distill import Distill
 from workbench.recipe.kinds.evaluation import Eval
 from workbench.recipe.kinds.import_model import Import
@@ -22,4 +22,4 @@ KINDS: dict[str, StepKind] = {kind.name: kind for kind in (
     Eval(),
 )}
 
-__all__ = ["KINDS", "RUNNER_OWNED", "StepCall", "StepKind"]
+__all__ = ["KINDS", "RUNNER_OWNED", "Processes", "StepCall", "StepKind"]

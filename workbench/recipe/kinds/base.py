@@ -18,8 +18,10 @@ kind's name; it asks the kind:
 - ``trains``: whether it writes a loss curve (events.jsonl) and training checkpoints a killed
   run resumes from; ``brings_model``: whether it brings a model into the recipe.
 - ``launch_options``: step-level keys (beside ``id`` and ``matrix``) the kind accepts, each
-  with its type; they reach ``run`` as ``call.launch``. The runner's one seam for launching a
-  step another way (several processes) is ``Runner._invoke``.
+  with its type, never parameters too; they reach ``run`` as ``call.launch``.
+  ``processes(call)``: a ``Processes`` when those options ask for several processes, which the
+  runner then launches under torchrun instead of calling ``run`` (``Runner._invoke``; see
+  ``kinds/torchrun.py``).
 
 Engines are imported lazily, inside the methods: validating a recipe of merges does not
 import the training stack.
@@ -49,6 +51,16 @@ class StepCall:
     out: Path
     resume: bool = False
     launch: dict = field(default_factory=dict)
+
+
+@dataclass
+class Processes:
+    """A call run as ``nproc`` torchrun processes of ``workbench ARGS --config FILE``, with
+    ``config`` (the engine config's values) written to FILE."""
+
+    nproc: int
+    args: list[str]
+    config: dict
 
 
 class StepKind:
@@ -109,6 +121,11 @@ class StepKind:
         """Run the engine; returns the path of what the step produced."""
         raise NotImplementedError
 
+    def processes(self, call: StepCall) -> Processes | None:
+        """How to run ``call`` as several processes, when its launch options ask for that;
+        None: ``run`` runs it in this process."""
+        return None
+
     # --- fingerprints, metrics, report --------------------------------------------------
 
     def fingerprint_part(self, key: str, value, canonical, hashes):
@@ -164,5 +181,9 @@ def build_config(cls, params: dict):
 
 
 def validate_config(cls, step, stand_in: str) -> None:
-    """Build the engine's config from the step's parameters and run its own validate()."""
-    build_config(cls, {**stand_ins(step.params, stand_in), "out": stand_in}).validate()
+    """Build the engine's config from the step's parameters, and the launch options that are
+    options of it (fsdp), and run its own validate()."""
+    from workbench.training.fields import flat_names
+
+    launched = {k: v for k, v in step.launch.items() if k in flat_names(cls)}
+    build_config(cls, {**stand_ins(step.params, stand_in), **launched, "out": stand_in}).validate()

@@ -5,14 +5,14 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from workbench.recipe.kinds.base import (StepCall, StepKind, as_strings, build_config, dataclass_parameters,
-                                         validate_config)
+from workbench.recipe.kinds.base import StepCall, StepKind, build_config, dataclass_parameters, validate_config
+from workbench.recipe.kinds.torchrun import TorchrunLaunch
 
 CACHE_KEY = "teacher_cache"
 
 
-class Distill(StepKind):
-    name = "distill"
+class Distill(TorchrunLaunch, StepKind):
+    name = command = "distill"
     checkpoint_keys = ("teacher", "student")
     required = ("student", "data")
     trains = True
@@ -50,6 +50,5 @@ class Distill(StepKind):
     def run(self, call: StepCall) -> Path:
         from workbench import distill
 
-        config = build_config(distill.DistillConfig, {**as_strings(call.params), "out": str(call.out),
-                                                      "resume": call.resume, "overwrite": not call.resume})
+        config = build_config(distill.DistillConfig, self.engine_values(call))
         return distill.run(config).path

@@ -5,12 +5,12 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from workbench.recipe.kinds.base import (StepCall, StepKind, as_strings, build_config, dataclass_parameters,
-                                         validate_config)
+from workbench.recipe.kinds.base import StepCall, StepKind, build_config, dataclass_parameters, validate_config
+from workbench.recipe.kinds.torchrun import TorchrunLaunch
 
 
-class Sft(StepKind):
-    name = "sft"
+class Sft(TorchrunLaunch, StepKind):
+    name = command = "sft"
     checkpoint_keys = ("model",)
     required = ("model", "data")
     trains = True
@@ -34,6 +34,5 @@ class Sft(StepKind):
     def run(self, call: StepCall) -> Path:
         from workbench import sft
 
-        config = build_config(sft.SFTConfig, {**as_strings(call.params), "out": str(call.out),
-                                              "resume": call.resume, "overwrite": not call.resume})
+        config = build_config(sft.SFTConfig, self.engine_values(call))
         return sft.run(config).path
