@@ -93,7 +93,7 @@ def test_launch_options_and_engine_rules_of_a_kind_are_checked_before_anything_r
         load_recipe(path)
     message = str(caught.value)
     assert "3 problems" in message
-    assert "step 'base': unknown step kind or key 'nproc'" in message  # import takes no launch options
+    assert "step 'base', key 'nproc': import steps take no launch option 'nproc' (only " in message
     assert "step 'x', key 'nproc': expected an integer (got 'two')" in message
     assert "step 'y', key 'repeat': repeat must be at least 1, got 0" in message
 

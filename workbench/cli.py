@@ -2,6 +2,8 @@
 
 Commands stay thin: parse options, call one engine function, print, return. A
 ``WorkbenchError`` becomes one line on stderr and exit code 2; ``--debug`` shows the traceback.
+Under torchrun the line is printed by rank 0, and every failing rank records it in its torchrun
+reply file (``console.record_error``).
 click's own errors (a missing option, a bad choice, an unknown command) are said the same way,
 one ``error:`` line naming the option, rather than click's usage block; a group called with no
 command still prints its help.
@@ -17,7 +19,7 @@ import click
 
 from workbench import __version__
 from workbench.commands import COMMANDS
-from workbench.console import is_rank_zero, rank
+from workbench.console import is_rank_zero, rank, record_error
 from workbench.errors import ConfigError, WorkbenchError
 
 
@@ -55,6 +57,7 @@ def run_cli(args: list[str]) -> int:
     except WorkbenchError as exc:
         if debug:
             raise
+        record_error(str(exc))  # under torchrun: read back even when this rank is stopped before it prints
         if is_rank_zero():
             click.echo(f"error: {exc}", err=True)
         elif not isinstance(exc, ConfigError):  # bad input is checked alike on every rank: said once
@@ -67,7 +70,9 @@ def run_cli(args: list[str]) -> int:
         exc.show()
         return exc.exit_code
     except click.ClickException as exc:
-        click.echo(f"error: {click_error_line(exc)}", err=True)
+        line = click_error_line(exc)
+        record_error(line)
+        click.echo(f"error: {line}", err=True)
         return 2
     except click.exceptions.Exit as exc:
         return exc.exit_code

@@ -169,6 +169,12 @@ def _parse_steps(raw_steps: list, defaults: dict, lines: Lines, problems: Proble
         options = KINDS[known[0]].launch_options if len(known) == 1 else {}
         unknown = [k for k in keys if k not in KINDS and _normalize_key(k) not in options]
         for key in unknown:
+            takers = [name for name, spec in KINDS.items() if _normalize_key(key) in spec.launch_options]
+            if len(known) == 1 and takers:
+                problems.note_origin(label, _normalize_key(key), lines.of("steps", index, key))
+                problems.add(f"{known[0]} steps take no launch option '{key}' (only {', '.join(takers)} "
+                             "steps do)", label, _normalize_key(key))
+                continue
             problems.add(f"unknown step kind or key '{key}' (step kinds: {', '.join(KINDS)})"
                          f"{did_you_mean(str(key), [*KINDS, *STEP_KEYS, *options])}", label)
         if len(known) != 1:

@@ -18,12 +18,17 @@ class TorchrunLaunch:
     def check(self, step, problems) -> None:
         super().check(step, problems)
         nproc, fsdp = step.launch.get("nproc"), step.launch.get("fsdp")
-        if isinstance(nproc, int) and nproc < 2:
-            problems.add(f"expected at least 2 processes, got {nproc} (leave nproc out to run in this process)",
-                         step.group, "nproc")
+        if isinstance(nproc, int) and nproc < 1:
+            problems.add(f"expected at least 1 process, got {nproc}", step.group, "nproc")
         elif fsdp and nproc is None:
             problems.add("fsdp shards the model over several processes; add nproc: N (N >= 2)",
                          step.group, "fsdp")
+        elif fsdp and isinstance(nproc, int) and nproc < 2:
+            problems.add(f"fsdp shards the model over several processes: expected nproc >= 2, got {nproc}",
+                         step.group, "nproc")
+        elif isinstance(nproc, int) and not distributed_available():
+            problems.add("this PyTorch build has no torch.distributed, which torchrun needs; "
+                         "leave nproc out to run in one process", step.group, "nproc")
 
     def engine_values(self, call: StepCall) -> dict:
         """The engine config's values for this call: the parameters, where the output goes, and
@@ -40,3 +45,10 @@ class TorchrunLaunch:
         if not call.launch.get("nproc"):
             return None
         return Processes(call.launch["nproc"], [self.command], self.engine_values(call))
+
+
+def distributed_available() -> bool:
+    """Whether this PyTorch has torch.distributed (imported only for a step that sets nproc)."""
+    import torch.distributed
+
+    return torch.distributed.is_available()
