@@ -268,22 +268,24 @@ from workbench.training.fsdp import return_freed_memory_on_cpu
 def rss_mb():
     return next(int(l.split()[1]) // 1024 for l in Path("/proc/self/status").read_text().splitlines()
                 if l.startswith("VmRSS:"))
-if sys.argv[1] == "fsdp":
+mode, block_kib = sys.argv[1], int(sys.argv[2])
+if mode == "fsdp":
     assert return_freed_memory_on_cpu()
 x = torch.empty(8 << 20, dtype=torch.uint8); del x  # glibc's dynamic threshold rises to 8 MB
 base, kept, freed = rss_mb(), [], []
-for _ in range(60):  # 4 MB blocks freed later, between small blocks that stay: a fragmented heap
-    freed.append(torch.ones(4 << 20, dtype=torch.uint8))
+for _ in range((240 << 10) // block_kib):  # 240 MB of blocks freed later, between small blocks that stay
+    freed.append(torch.ones(block_kib << 10, dtype=torch.uint8))
     kept.append(torch.ones(64 << 10, dtype=torch.uint8))
 del freed
 print(rss_mb() - base)
 """
 
 
-def test_fsdp_on_cpu_returns_freed_layer_sized_blocks_to_the_system():
+@pytest.mark.parametrize("block_kib", [4096, 512])  # a layer's gathered weights; a short batch's activation
+def test_fsdp_on_cpu_returns_freed_blocks_to_the_system(block_kib):
     def retained_mb(mode):
-        done = subprocess.run([sys.executable, "-c", FRAGMENTING, mode], capture_output=True, text=True,
-                              env={**os.environ, "PYTHONPATH": str(REPO_ROOT)}, timeout=120)
+        done = subprocess.run([sys.executable, "-c", FRAGMENTING, mode, str(block_kib)], capture_output=True,
+                              text=True, env={**os.environ, "PYTHONPATH": str(REPO_ROOT)}, timeout=120)
         assert done.returncode == 0, done.stderr
         return int(done.stdout.strip())
 
