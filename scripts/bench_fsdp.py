@@ -15,7 +15,7 @@ events.jsonl (all tokens of all ranks, over the training time, first step includ
 
 On CPU the ranks' memory is glibc's heap. By default glibc raises its mmap threshold as large
 blocks are freed and then keeps freed memory for reuse, which FSDP's gather-and-free of whole
-layers at every step turns into a high peak; so `--fsdp` on CPU sets the threshold to 1 MiB
+layers at every step turns into a high peak; so `--fsdp` on CPU sets the threshold to 128 KiB
 (``workbench.training.fsdp.return_freed_memory_on_cpu``), and data parallelism keeps glibc's
 default: the plain run compares what each gives a user. ``--malloc-mmap-threshold N`` sets
 MALLOC_MMAP_THRESHOLD_=N for both runs instead (FSDP then leaves it as it is).
@@ -84,7 +84,7 @@ def main() -> None:
     parser.add_argument("--max-length", type=int, default=256)
     parser.add_argument("--work", type=Path, default=None, help="Where the runs go (default: a temp dir).")
     parser.add_argument("--malloc-mmap-threshold", type=int, default=0,
-                        help="glibc MALLOC_MMAP_THRESHOLD_ for both runs (0: unset; --fsdp then sets 1 MiB itself).")
+                        help="glibc MALLOC_MMAP_THRESHOLD_ for both runs (0: unset; --fsdp then sets 128 KiB itself).")
     parser.add_argument("--rank-worker", default=None, help=argparse.SUPPRESS)
     args, rest = parser.parse_known_args()
     if args.rank_worker:
