@@ -1,6 +1,7 @@
 """A recipe step with `fsdp: true` and `nproc: 2` is launched by the runner as two torchrun
 processes (CPU, gloo): it trains the same weights as the CLI's torchrun run, is cached like
-any step, and bad launch options are refused when the recipe loads, before anything is written."""
+any step, and bad launch options are refused when the recipe loads, before anything is written.
+A failed launch reports the error its ranks recorded in torchrun's reply files."""
 
 from __future__ import annotations
 
@@ -53,8 +54,9 @@ def test_an_fsdp_step_trains_like_the_cli_under_torchrun_and_is_cached(tiny_llam
 
 
 def test_a_failing_launch_names_the_step_and_the_childs_error(tiny_llama, data, tmp_path):
-    """Only rank 0 prints bad input, and torchrun may stop it before it does (when rank 1 exits
-    first): the error still comes through, from the reply file of each rank that failed."""
+    """The error comes from the reply file each failing rank writes before it exits, not from the
+    output: torchrun stops the other ranks as soon as one exits, possibly before they print (and
+    a ConfigError is printed by rank 0 only)."""
     broken = tmp_path / "broken.jsonl"
     broken.write_text("not json\n")  # exists (passes the recipe's checks); the engine refuses it
     path = write_recipe(tmp_path / "dist.yaml", [sft_step(tiny_llama, broken, nproc=2)])
