@@ -104,11 +104,6 @@ def cache_teacher(cross_tokenizer: str | None, student: str | None, **options) -
     if cross_tokenizer:
         from workbench.distill.cross_tokenizer.cache import build_cross_teacher_cache
 
-        placement = [f"--{key.replace('_', '-')}" for key in ("device_map", "max_memory") if options.pop(key)]
-        if placement:
-            raise ConfigError(f"{' and '.join(placement)} cannot be used with --cross-tokenizer yet "
-                              f"(the cross-tokenizer cache runs the teacher on one device: --teacher-device)")
-        options["teacher_device"] = options["teacher_device"] or "cpu"
         manifest = build_cross_teacher_cache(student=student, mode=cross_tokenizer, **options)
     else:
         manifest = build_teacher_cache(**options)

@@ -198,32 +198,19 @@ def build_teacher_cache(teacher: str, data: str, out: str, *, top_k: int = 64, v
     tokens and bytes_per_token). Distilling with it needs the same data settings and temperature.
     ``device_map`` spreads a teacher that fits no single device (``workbench.distill.placement``)."""
     from workbench.data import prepare_datasets
-    from workbench.distill.objective import output_weight
-    from workbench.distill.placement import head_weight, load_placed_model, parse_devices, parse_max_memory
-    from workbench.modeling import load_model, load_tokenizer
+    from workbench.modeling import load_tokenizer
 
     teacher_ckpt = open_teacher(teacher, top_k, temperature)
     logprob_dtype = parse_dtype(dtype)
-    if device_map and teacher_device:
-        raise ConfigError("--teacher-device and --device-map both place the teacher: pick one")
-    if max_memory and not device_map:
-        raise ConfigError("--max-memory caps what --device-map puts on each device: give --device-map too")
-    if device_map:
-        parse_max_memory(max_memory, parse_devices(device_map))  # bad devices fail before anything is read
+    check_placement(teacher_device, device_map, max_memory)
     check_out_dir(out, overwrite)
     tokenizer = load_tokenizer(teacher_ckpt.path)
     train_examples, val_examples, _ = prepare_datasets(
         data, tokenizer, max_length, val_path=val_data, val_split=val_split, seed=seed, truncation=truncation)
     examples = train_examples + val_examples
     with atomic.scratch_dir(out) as offload_dir:  # disk offload of a placed teacher, removed after
-        if device_map:
-            model = load_placed_model(teacher_ckpt.path, parse_dtype(teacher_dtype), device_map, max_memory,
-                                      str(offload_dir))
-            output_weight(model)  # refuses heads the loss cannot reproduce
-            weight = head_weight(teacher_ckpt, model).to(parse_dtype(teacher_dtype) or model.dtype).float()
-        else:
-            model = load_model(teacher_ckpt.path, dtype=parse_dtype(teacher_dtype), device=teacher_device or "cpu")
-            weight = output_weight(model).detach().float()
+        model, weight = load_cache_teacher(teacher_ckpt, teacher_dtype, teacher_device, device_map, max_memory,
+                                           offload_dir)
         cached, keys, first_rows = run_teacher(model, weight, examples, tokenizer, top_k, temperature, batch_size,
                                                chunk_size)
     manifest = {
@@ -237,6 +224,43 @@ def build_teacher_cache(teacher: str, data: str, out: str, *, top_k: int = 64, v
     return write_cache(out, manifest, cached, keys, first_rows, logprob_dtype)
 
 
+def check_placement(teacher_device: str | None, device_map: str | None, max_memory: str | None) -> None:
+    """The teacher's placement options, checked before anything is read or written."""
+    from workbench.distill.placement import parse_devices, parse_max_memory
+
+    if device_map and teacher_device:
+        raise ConfigError("--teacher-device and --device-map both place the teacher: pick one")
+    if max_memory and not device_map:
+        raise ConfigError("--max-memory caps what --device-map puts on each device: give --device-map too")
+    if device_map:
+        parse_max_memory(max_memory, parse_devices(device_map))  # bad devices fail before anything is read
+
+
+def load_cache_teacher(teacher_ckpt: Checkpoint, teacher_dtype: str | None, teacher_device: str | None,
+                       device_map: str | None, max_memory: str | None, offload_dir) -> tuple[torch.nn.Module,
+                                                                                          torch.Tensor]:
+    """The teacher model, whole on ``teacher_device`` (default cpu) or spread by ``device_map``
+    (disk offload under ``offload_dir``), and its lm_head weight in float32."""
+    from workbench.distill.objective import output_weight
+    from workbench.distill.placement import head_weight, load_placed_model
+    from workbench.modeling import load_model
+
+    if device_map:
+        model = load_placed_model(teacher_ckpt.path, parse_dtype(teacher_dtype), device_map, max_memory,
+                                  str(offload_dir))
+        output_weight(model)  # refuses heads the loss cannot reproduce
+        return model, head_weight(teacher_ckpt, model).to(parse_dtype(teacher_dtype) or model.dtype).float()
+    model = load_model(teacher_ckpt.path, dtype=parse_dtype(teacher_dtype), device=teacher_device or "cpu")
+    return model, output_weight(model).detach().float()
+
+
+def input_device(model) -> torch.device:
+    """Where a (possibly placed) model takes its input ids: its embedding's device (cpu for an
+    embedding offloaded to disk)."""
+    device = model.get_input_embeddings().weight.device
+    return torch.device("cpu") if device.type == "meta" else device
+
+
 def run_teacher(model, weight: torch.Tensor, examples, tokenizer, top_k: int, temperature: float, batch_size: int,
                 chunk_size: int) -> tuple[SparseTeacher, list[int], list[int]]:
     """The teacher's top-k rows for every supervised token of the examples, in order, with each
@@ -246,8 +270,7 @@ def run_teacher(model, weight: torch.Tensor, examples, tokenizer, top_k: int, te
     from workbench.modeling import pad_token_id
     from workbench.training.objectives import supervised_hidden_states
 
-    device = model.get_input_embeddings().weight.device
-    device = torch.device("cpu") if device.type == "meta" else device
+    device = input_device(model)
     weight = weight.to(device)
     tokens_per_chunk = LossSpec(chunk_size=chunk_size).chunk_tokens(weight.shape[0])
     pieces, keys, first_rows, row = [], [], [], 0
