@@ -7,6 +7,7 @@ import torch
 from workbench.distill.cross_tokenizer.align import align_loss
 from workbench.distill.cross_tokenizer.data import teacher_view
 from workbench.distill.cross_tokenizer.pairing import require_offsets
+from workbench.distill.cross_tokenizer.spans import Spans, span_logprob
 from workbench.distill.cross_tokenizer.teacher import CachedRows, OnlineRows
 from workbench.distill.cross_tokenizer.uld import uld_loss
 from workbench.distill.cross_tokenizer.vocab_map import vocab_map
@@ -35,8 +36,9 @@ class CrossTokenizerObjective:
     """``objective(student, batch) -> (loss_sum, supervised, correct, {...})`` on cross-tokenizer
     batches (``cross_collate``): the teacher runs on its own tokens, and its hidden states at the
     paired targets meet the student's in ``uld_loss`` (mode uld) or ``align_loss`` (mode align,
-    which needs both tokenizers for the vocabulary map); with ``cache`` instead of a teacher, the
-    rows come from the batch (``cross_cached_collate``)."""
+    which needs both tokenizers for the vocabulary map, and merges multi-token spans with the
+    teacher's log-probabilities of its continuation tokens); with ``cache`` instead of a teacher,
+    the rows come from the batch (``cross_cached_collate``)."""
 
     def __init__(self, mode: str, teacher: torch.nn.Module | None, device: torch.device, *, spec: LossSpec,
                  uld_weight: float, chunk_size: int, tokenizers: tuple | None = None, cache=None):
@@ -52,21 +54,28 @@ class CrossTokenizerObjective:
 
     def __call__(self, model, batch: dict):
         hidden, targets = supervised_hidden_states(model, batch)
+        pair_student = batch["pair_student"].to(hidden.device)
         if self.teacher is None:
             teacher = cached_rows(batch, self.cache.manifest["vocab_size"])
+            teacher_span = batch.get("cache_span")
         else:
             with torch.no_grad():
                 teacher_batch = to_device(teacher_view(batch), self.teacher_device)
-                teacher_hidden, _ = supervised_hidden_states(self.teacher, teacher_batch)
-                teacher_hidden = teacher_hidden.index_select(0, batch["pair_teacher"].to(teacher_hidden.device))
-            teacher = OnlineRows(teacher_hidden.to(hidden.device), self.teacher_weight)
-        args = (hidden, output_weight(model), targets, teacher, batch["pair_student"].to(hidden.device))
+                teacher_hidden, teacher_targets = supervised_hidden_states(self.teacher, teacher_batch)
+                teacher_hidden, teacher_targets = teacher_hidden.to(hidden.device), teacher_targets.to(hidden.device)
+                pair_teacher = batch["pair_teacher"].to(hidden.device)
+                teacher_span = span_logprob(teacher_hidden, self.teacher_weight, teacher_targets, pair_teacher,
+                                            batch["pair_teacher_end"].to(hidden.device), self.spec.temperature,
+                                            self.chunk_size) if self.mode == "align" else None
+            teacher = OnlineRows(teacher_hidden.index_select(0, pair_teacher), self.teacher_weight)
+        args = (hidden, output_weight(model), targets, teacher, pair_student)
         if self.mode == "uld":
             loss, stats = uld_loss(*args, weight=self.uld_weight, temperature=self.spec.temperature,
                                    chunk_size=self.chunk_size)
             return loss, stats.tokens, stats.correct, {"kd_loss": stats.kd, "student_ce": stats.ce,
                                                        "paired": stats.pairs}
-        loss, stats = align_loss(*args, *self.vocab_map, self.spec, self.uld_weight, self.chunk_size)
+        spans = Spans(batch["pair_student_end"].to(hidden.device), teacher_span)
+        loss, stats = align_loss(*args, *self.vocab_map, self.spec, self.uld_weight, self.chunk_size, spans)
         return loss, stats.tokens, stats.correct, {"kd_loss": stats.kd, "unmapped_uld": stats.uld,
                                                    "student_ce": stats.ce, "teacher_agreement": stats.agree,
                                                    "paired": stats.pairs}
