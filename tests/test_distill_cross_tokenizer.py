@@ -143,7 +143,9 @@ def test_an_interrupted_run_resumes_to_identical_weights(setup, tmp_path):
         assert torch.equal(got[name], expected[name]), f"{name} differs after resuming at step 2"
 
 
-def test_a_packed_batch_gives_the_loss_and_gradients_of_the_same_examples_padded(setup):
+@pytest.mark.parametrize("mode", ["uld", "align"])
+def test_a_packed_batch_gives_the_loss_and_gradients_of_the_same_examples_padded(setup, mode):
+    """(align: with spans merged on the student side, emoji bytes and split words)"""
     from functools import partial
 
     from workbench.data import pack_examples, packed_collate, pad_collate, prepare_datasets
@@ -154,8 +156,10 @@ def test_a_packed_batch_gives_the_loss_and_gradients_of_the_same_examples_padded
     train, _, _ = prepare_datasets(setup["data"], student_tok, 64, val_split=0.1)
     rows = cross_examples(train[:6], conversations_by_source(setup["data"]), student_tok, teacher_tok, 64)
     model = load_model(setup["student"])
-    objective = CrossTokenizerObjective("uld", load_model(setup["teacher"]), torch.device("cpu"),
-                                        spec=DistillConfig().loss_spec, uld_weight=ULD_WEIGHT, chunk_size=5)
+    objective = CrossTokenizerObjective(mode, load_model(setup["teacher"]), torch.device("cpu"),
+                                        spec=DistillConfig().loss_spec, uld_weight=ULD_WEIGHT, chunk_size=5,
+                                        tokenizers=(student_tok, teacher_tok))
+    assert any(s_end > s + 1 for row in rows for (s, _), (s_end, _) in zip(row.pairs, row.span_ends))
     results = []
     for collate, items in ((pad_collate, rows), (packed_collate, pack_examples(rows, 128))):
         assert len(items) == (6 if collate is pad_collate else 2)
@@ -264,3 +268,52 @@ def test_the_fresh_cut_reverse_kl_warning_is_not_given_for_uld(setup, tmp_path):
     fresh_cut = SimpleNamespace(lineage={"kind": LINEAGE_KIND})
     assert not reverse_kl_from_a_fresh_cut(fresh_cut, config(setup, tmp_path, cross_tokenizer="uld"))
     assert reverse_kl_from_a_fresh_cut(fresh_cut, config(setup, tmp_path, cross_tokenizer="align"))
+
+
+def test_an_align_cache_without_span_rows_is_refused(setup, tmp_path):
+    """A cache made before align merged spans lacks their rows: remake it, not train without them."""
+    from safetensors.torch import load_file, save_file
+
+    from workbench.distill.cross_tokenizer.cache import build_cross_teacher_cache
+
+    cache = tmp_path / "cache"
+    build_cross_teacher_cache(str(setup["teacher"]), str(setup["student"]), str(setup["data"]), str(cache),
+                              mode="align", top_k=8, val_data=str(setup["val"]), max_length=64)
+    tensors = load_file(str(cache / "topk.safetensors"))
+    assert tensors["span_teacher_logprob"].lt(0).any()  # the teacher's continuation tokens were scored
+    save_file({k: v for k, v in tensors.items() if not k.startswith("span_")}, str(cache / "topk.safetensors"))
+    with pytest.raises(ConfigError, match="holds no span log-probabilities .*; remake it"):
+        run(config(setup, tmp_path / "out", cross_tokenizer="align", teacher="", teacher_cache=str(cache)))
+    assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("mode", ["uld", "align"])
+def test_a_cross_cache_with_the_teacher_over_cpu_and_disk_is_the_cache_of_a_whole_teacher(setup, tmp_path, mode):
+    from workbench.distill.placement import load_placed_model
+
+    placed = load_placed_model(setup["teacher"], None, "cpu,disk", "cpu=150KB", str(tmp_path / "offload"))
+    assert set(placed.hf_device_map.values()) == {"cpu", "disk"}  # the teacher is split between the two
+    args = ["distill", "cache-teacher", "--teacher", setup["teacher"], "--data", setup["data"], "--val-data",
+            setup["val"], "--top-k", "8", "--max-length", "64", "--cross-tokenizer", mode, "--student",
+            setup["student"]]
+    whole = run_workbench(*args, "--out", tmp_path / "whole")
+    spread = run_workbench(*args, "--out", tmp_path / "spread", "--device-map", "cpu,disk", "--max-memory",
+                           "cpu=150KB")
+    assert whole.returncode == 0 and spread.returncode == 0, whole.stderr + spread.stderr
+    assert (tmp_path / "spread" / "teacher_cache.json").read_text() == (tmp_path / "whole" / "teacher_cache.json").read_text()
+    assert (tmp_path / "spread" / "topk.safetensors").read_bytes() == (tmp_path / "whole" / "topk.safetensors").read_bytes()
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]  # the offload scratch is gone
+
+
+@pytest.mark.parametrize("options, message", [
+    (["--device-map", "cuda:7"], "--device-map: no device 'cuda:7' here; available: auto, "),
+    (["--device-map", "cpu", "--max-memory", "cuda:0=1GB"], "--max-memory: 'cuda:0' is not a memory device"),
+    (["--device-map", "auto", "--teacher-device", "cpu"], "--teacher-device and --device-map both place"),
+    (["--max-memory", "cpu=1GB"], "--max-memory caps what --device-map puts on each device"),
+])
+def test_cross_cache_bad_placement_is_one_line_and_writes_nothing(setup, tmp_path, options, message):
+    done = run_workbench("distill", "cache-teacher", "--teacher", setup["teacher"], "--data", setup["data"],
+                         "--out", tmp_path / "cache", "--cross-tokenizer", "align", "--student", setup["student"],
+                         *options)
+    assert done.returncode == 2 and done.stderr.startswith(f"error: {message}"), done.stderr
+    assert len(done.stderr.strip().splitlines()) == 1 and not (tmp_path / "cache").exists()
