@@ -42,10 +42,10 @@ def main() -> None:
     parser.add_argument("--work", required=True, help="directory for the student, the runs and the report")
     parser.add_argument("--teacher", default=str(REPO / "models" / "smollm2-135m-instruct"))
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1])
-    parser.add_argument("--steps", type=int, default=40, help="optimizer steps per run (40 = one epoch at batch 8)")
+    parser.add_argument("--steps", type=int, default=30, help="optimizer steps per run (40 = one epoch at batch 8)")
     parser.add_argument("--lr", type=float, default=5e-4)
     parser.add_argument("--max-length", type=int, default=192, help="tokens per training example")
-    parser.add_argument("--max-new-tokens", type=int, default=48, help="greedy answer length for agreement")
+    parser.add_argument("--max-new-tokens", type=int, default=32, help="greedy answer length for agreement")
     args = parser.parse_args()
 
     from make_cross_student import make_student
