@@ -16,7 +16,8 @@ ranked from the last one, and pair by rank: the last target of a group is the on
 after the whole text up to that point, so it pairs with the other side's last; with the same
 tokenizer on both sides every target pairs with itself. Targets left without a partner (a
 byte piece in the middle of a character the other side keeps whole, the second half of a
-word the other side keeps whole) are trained by the student's cross-entropy only.
+word the other side keeps whole) are trained by the student's cross-entropy only under ``uld``;
+``align`` merges them into the span their preceding pair starts (``spans``).
 """
 
 from __future__ import annotations
