@@ -28,7 +28,7 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "scripts"))
 CHAT = REPO / "recipes" / "data" / "chat"
-# align: forward KL (from a fresh cut pure reverse KL hardly moves, see this doc's round 2) with half
+# align: forward KL (from a fresh cut pure reverse KL hardly moves: docs/distill.md) with half
 # the weight on the labels; uld: the paper's CE + 1.5 ULD (alpha is not a uld setting).
 VARIANTS = {
     "ce": {"kind": "sft"},
