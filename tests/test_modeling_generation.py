@@ -3,6 +3,9 @@ answers that end at the chat template's end-of-turn token even when EOS is anoth
 
 from __future__ import annotations
 
+import re
+from pathlib import Path
+
 import torch
 
 from tests.test_data_batching import summed_token_loss
@@ -26,6 +29,17 @@ def test_pad_id_is_the_pad_token_else_eos_else_zero():
     assert pad_token_id(tokenizer) == tokenizer.pad_token_id
     assert pad_token_id(_NoPad(eos_token_id=7)) == 7
     assert pad_token_id(_NoPad(eos_token_id=None)) == 0
+
+
+def test_every_padded_batch_takes_its_pad_id_from_the_one_rule():
+    """No module picks a pad id its own way (``tokenizer.pad_token_id or 0`` padded the
+    teacher's batches with 0 where the rule gives EOS)."""
+    package = Path(__file__).resolve().parents[1] / "workbench"
+    own_rules = [f"{path.relative_to(package)}:{number}"
+                 for path in package.rglob("*.py")
+                 for number, line in enumerate(path.read_text().splitlines(), 1)
+                 if re.search(r"pad_token_id\s+or\b", line)]
+    assert own_rules == []
 
 
 def test_the_pad_id_changes_no_loss_padded_or_packed():

@@ -103,7 +103,7 @@ def run(config: DistillConfig) -> Checkpoint:
         collate = cached_collate(collate, cache)
         objective = DistillObjective(config.loss_spec)
     elif config.cross_tokenizer:
-        collate = cross_collate(collate, partial(batch_collate, pad_id=teacher_tokenizer.pad_token_id or 0))
+        collate = cross_collate(collate, partial(batch_collate, pad_id=pad_token_id(teacher_tokenizer)))
         teacher_model = load_model(teacher.path, dtype=parse_dtype(config.teacher_dtype),
                                    device=config.teacher_device or str(ctx.device))
         objective = CrossTokenizerObjective(

@@ -29,6 +29,7 @@ from workbench.distill.cross_tokenizer.spans import span_logprob
 from workbench.distill.cross_tokenizer.vocab_map import vocab_map
 from workbench.distill.losses import LossSpec, SparseTeacher
 from workbench.errors import ConfigError
+from workbench.modeling import pad_token_id
 
 
 def build_cross_teacher_cache(teacher: str, student: str, data: str, out: str, *, mode: str, top_k: int = 64,
@@ -65,7 +66,7 @@ def build_cross_teacher_cache(teacher: str, student: str, data: str, out: str, *
         chunk = LossSpec().chunk_tokens(weight.shape[0])
         for start in range(0, len(rows), batch_size):
             examples = rows[start:start + batch_size]
-            batch = pad_collate([e.teacher for e in examples], pad_id=teacher_tokenizer.pad_token_id or 0)
+            batch = pad_collate([e.teacher for e in examples], pad_id=pad_token_id(teacher_tokenizer))
             with torch.no_grad():
                 hidden, targets = supervised_hidden_states(model, {k: v.to(device) for k, v in batch.items()})
             hidden, targets = hidden.to(device), targets.to(device)
