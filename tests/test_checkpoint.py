@@ -20,6 +20,7 @@ from workbench.checkpoint import (
     INDEX_FILE,
     Checkpoint,
     CheckpointWriter,
+    compute_fingerprint,
     make_lineage,
     save_model,
 )
@@ -82,6 +83,38 @@ def test_sharded_write_has_index_and_same_content(tmp_path):
     assert sharded.fingerprint() == Checkpoint(one).fingerprint()
     model = AutoModelForCausalLM.from_pretrained(many)
     assert torch.equal(model.lm_head.weight, Checkpoint(one).read("lm_head.weight"))
+
+
+def write_with_config(source: Checkpoint, out, order, max_shard_bytes=None, rewrite_config=None) -> str:
+    """Copy ``source`` through a writer given its config, tensors in ``order``; the fingerprint it stored."""
+    plan = [PlannedTensor(n, source.info(n).shape, torch.bfloat16) for n in source.names()]
+    options = {"max_shard_bytes": max_shard_bytes} if max_shard_bytes else {}
+    with CheckpointWriter(out, plan, config=source.config, **options) as writer:
+        for name in order:
+            writer.write(name, source.read(name))
+        if rewrite_config is not None:
+            writer.write_json("config.json", rewrite_config)
+        return writer.commit(make_lineage("test")).lineage["fingerprint"]
+
+
+@pytest.mark.parametrize("shards", [None, 20_000])
+def test_fingerprint_hashed_while_writing_equals_the_one_read_back(tmp_path, shards):
+    source = Checkpoint(make_checkpoint(tmp_path / "source", seed=4))
+    in_name_order = sorted(source.names())
+    in_reverse = in_name_order[::-1]
+    streamed = write_with_config(source, tmp_path / "streamed", in_name_order, shards)
+    reread = write_with_config(source, tmp_path / "reread", in_reverse, shards)
+    assert streamed == compute_fingerprint(Checkpoint(tmp_path / "streamed"))
+    assert reread == compute_fingerprint(Checkpoint(tmp_path / "reread")) == streamed
+    assert streamed != source.fingerprint()  # the copies are bfloat16: other bytes, another fingerprint
+
+
+def test_config_rewritten_after_the_writer_started_is_fingerprinted(tmp_path):
+    source = Checkpoint(make_checkpoint(tmp_path / "source", seed=4))
+    changed = {**source.config, "rope_theta": 1234.0}
+    stored = write_with_config(source, tmp_path / "out", sorted(source.names()), rewrite_config=changed)
+    assert stored == compute_fingerprint(Checkpoint(tmp_path / "out"))
+    assert stored != write_with_config(source, tmp_path / "plain", sorted(source.names()))
 
 
 def test_fingerprint_changes_with_content_and_detects_edits(tmp_path):

@@ -71,3 +71,31 @@ def test_attachments_are_committed_with_the_weights(models, tmp_path):
     assert out.lineage["parameters"]["method"] == "linear"
     assert out.lineage["inputs"]["objective[0].data"]["path"] == str(data)
     assert out.lineage["inputs"]["models[0]"]["fingerprint"] == Checkpoint(models["a"]).fingerprint()
+
+
+@pytest.fixture
+def intra_op_threads():
+    before = torch.get_num_threads()
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.mark.parametrize("stop_after", [1, None])
+def test_parallel_merge_gives_the_same_tensors_and_gives_back_the_threads(models, intra_op_threads, stop_after):
+    """Tensors are merged by as many threads as torch's intra-op pool holds, each op
+    single-threaded meanwhile: the result is the same whatever the thread count, and the
+    pool's size is restored when the merge ends, finished or abandoned."""
+    config = CONFIGS["ties-gradient"](models)
+    torch.set_num_threads(1)
+    serial = dict(merge.tensors(config))
+    torch.set_num_threads(3)
+    parallel = {}
+    for name, tensor in merge.tensors(config):
+        parallel[name] = tensor.clone()
+        assert torch.get_num_threads() == 1  # while the merge runs
+        if len(parallel) == stop_after:
+            break
+    assert torch.get_num_threads() == 3
+    assert parallel and all(torch.equal(parallel[name], serial[name]) for name in parallel)
+    if stop_after is None:
+        assert parallel.keys() == serial.keys()

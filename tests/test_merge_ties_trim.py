@@ -156,3 +156,44 @@ def test_nonzero_compaction_keeps_order_across_chunks(monkeypatch):
     values[:1500] = 0  # a whole chunk and a half of zeros first
     expected = values[values != 0].clone()
     assert torch.equal(methods._compact_nonzero(values), expected)
+
+
+def unchanged_by_lora(name: str) -> bool:
+    """Tensors a LoRA fine-tune on the projections leaves as they were."""
+    return "embed" in name or "norm" in name or "lm_head" in name
+
+
+@pytest.mark.parametrize("dtype", ["bfloat16", "float32"])
+@pytest.mark.parametrize("lambda_", [1.0, 0.5, -1.0])
+def test_tensors_no_expert_changed_equal_mergekit_bit_for_bit(tmp_path, dtype, lambda_):
+    """LoRA-like experts (embeddings and norms identical to the base): such tensors come out
+    as mergekit's, base + (+0 * lambda) bit for bit, -0.0 elements of the base included."""
+    torch_dtype = DTYPES[dtype]
+    made = make_checkpoint(tmp_path / "made", arch="llama", layers=2, hidden=64, seed=5, dtype=torch_dtype)
+
+    def signed_zeros(name, tensor):
+        tensor = tensor.clone()
+        tensor.view(-1)[::7] = -0.0
+        tensor.view(-1)[3::7] = 0.0
+        return tensor
+
+    base = perturbed_copy(made, tmp_path / "base", seed=0, scale=0.0, transform=signed_zeros)
+    base_tensors = Checkpoint(base)
+
+    def lora_like(name, tensor):
+        return base_tensors.read(name) if unchanged_by_lora(name) else tensor
+
+    experts = [perturbed_copy(base, tmp_path / f"expert{i}", seed=i + 1, scale=1e-3, transform=lora_like)
+               for i in range(2)]
+    config = {"merge_method": "ties", "base_model": str(base), "dtype": dtype,
+              "parameters": {"lambda": lambda_, "density": 0.5},
+              "models": [{"model": str(e), "parameters": {"weight": w}} for e, w in zip(experts, (1.0, 0.7))]}
+    reference = run_mergekit(config, tmp_path / "mergekit")
+    native = merge.run(config, tmp_path / "native", backend="native")
+    bits = {torch.bfloat16: torch.int16, torch.float32: torch.int32}[torch_dtype]
+    unchanged = [name for name in reference.names() if unchanged_by_lora(name)]
+    assert unchanged
+    for name in unchanged:
+        expected, actual = reference.read(name), native.read(name)
+        assert (base_tensors.read(name).view(bits) == torch.tensor(-0.0, dtype=torch_dtype).view(bits)).any()
+        assert torch.equal(actual.view(bits), expected.view(bits)), name

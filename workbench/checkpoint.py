@@ -24,7 +24,7 @@ import torch
 
 from workbench import __version__, atomic
 from workbench.errors import CheckpointError
-from workbench.safetensors_io import PlannedTensor, ShardFile, TensorInfo, read_header
+from workbench.safetensors_io import CODE_OF_DTYPE, PlannedTensor, ShardFile, TensorInfo, read_header, tensor_bytes
 
 CONFIG_FILE = "config.json"
 INDEX_FILE = "model.safetensors.index.json"
@@ -237,22 +237,44 @@ class Checkpoint:
         return compute_fingerprint(self)
 
 
+class ContentHash:
+    """A checkpoint's fingerprint, fed piece by piece: blake2b over the config (minus
+    volatile keys), then every tensor's name, dtype code, shape and bytes, in name order;
+    independent of how the tensors are split into shards."""
+
+    def __init__(self, config: dict):
+        self.digest = hashlib.blake2b(digest_size=16)
+        self.config_text = json.dumps(stable_config(config), sort_keys=True)
+        self.digest.update(self.config_text.encode())
+
+    def start_tensor(self, name: str, dtype_code: str, shape: tuple[int, ...]) -> None:
+        self.digest.update(f"{name}|{dtype_code}|{tuple(shape)}".encode())
+
+    def update(self, data) -> None:
+        self.digest.update(data)
+
+    def hexdigest(self) -> str:
+        return self.digest.hexdigest()
+
+
+def stable_config(config: dict) -> dict:
+    """The part of a config.json that says what the model is (the fingerprinted part)."""
+    return {k: v for k, v in config.items() if k not in VOLATILE_CONFIG_KEYS}
+
+
 def compute_fingerprint(ckpt: Checkpoint) -> str:
-    """blake2b over the config (minus volatile keys) and every tensor's name, dtype, shape
-    and bytes, in name order; independent of how the tensors are split into shards.
+    """The ``ContentHash`` of a checkpoint on disk.
 
     Bytes are read in blocks into one reusable buffer rather than through a memory map, so
     hashing a multi-GB checkpoint does not leave the whole file resident in this process."""
-    digest = hashlib.blake2b(digest_size=16)
-    config = {k: v for k, v in ckpt.config.items() if k not in VOLATILE_CONFIG_KEYS}
-    digest.update(json.dumps(config, sort_keys=True).encode())
+    content = ContentHash(ckpt.config)
     block = bytearray(FINGERPRINT_BLOCK_BYTES)
     view = memoryview(block)
     files: dict[Path, object] = {}
     try:
         for name in sorted(ckpt.tensors):
             info = ckpt.tensors[name]
-            digest.update(f"{name}|{info.dtype}|{info.shape}".encode())
+            content.start_tensor(name, info.dtype, info.shape)
             if info.file not in files:
                 files[info.file] = open(info.file, "rb", buffering=0)
             f = files[info.file]
@@ -262,12 +284,12 @@ def compute_fingerprint(ckpt: Checkpoint) -> str:
                 got = f.readinto(view[: min(remaining, len(block))])
                 if not got:
                     raise CheckpointError(f"{info.file}: truncated while reading tensor '{name}'")
-                digest.update(view[:got])
+                content.update(view[:got])
                 remaining -= got
     finally:
         for f in files.values():
             f.close()
-    return digest.hexdigest()
+    return content.hexdigest()
 
 
 def file_fingerprint(path: str | os.PathLike) -> str:
@@ -323,6 +345,11 @@ class CheckpointWriter:
     use is bounded by one tensor, whatever the model's size. Everything goes into a hidden
     staging sibling (``workbench.atomic``) that ``commit`` fsyncs and renames to ``NAME``.
     Use as a context manager: an exception removes the temporary directory.
+
+    ``config``, when given, is written as config.json at once, and the tensors written in
+    name order are fingerprinted as they pass, sparing ``commit`` a second read of every
+    byte (it re-reads the files when the tensors came in another order or config.json was
+    rewritten).
     """
 
     def __init__(
@@ -332,6 +359,7 @@ class CheckpointWriter:
         *,
         max_shard_bytes: int = DEFAULT_MAX_SHARD_BYTES,
         overwrite: bool = False,
+        config: dict | None = None,
     ):
         self.out_dir = Path(out_dir)
         atomic.recover(self.out_dir)  # first: a replacement killed mid-way puts the old one back
@@ -349,6 +377,12 @@ class CheckpointWriter:
             self.shards.append(shard)
             for tensor in group:
                 self.shard_of[tensor.name] = shard
+        self._content: ContentHash | None = None
+        if config is not None:
+            self.write_json(CONFIG_FILE, config)
+            self._content = ContentHash(config)
+            self._names_to_hash = iter(sorted(self.shard_of))
+            self._next_to_hash = next(self._names_to_hash, None)
 
     def __enter__(self) -> "CheckpointWriter":
         return self
@@ -359,8 +393,18 @@ class CheckpointWriter:
 
     def write(self, name: str, tensor: torch.Tensor) -> None:
         shard = self.shard_of[name]
-        shard.write(name, tensor)
-        self.bytes_written += shard.planned[name].nbytes
+        planned = shard.planned[name]
+        data = tensor.to(planned.dtype)
+        shard.write(name, data)
+        self.bytes_written += planned.nbytes
+        if self._content is None:
+            return
+        if name != self._next_to_hash:
+            self._content = None  # out of name order: commit hashes the files instead
+            return
+        self._content.start_tensor(name, CODE_OF_DTYPE[planned.dtype], planned.shape)
+        self._content.update(tensor_bytes(data))
+        self._next_to_hash = next(self._names_to_hash, None)
 
     def write_json(self, filename: str, obj: dict) -> None:
         with open(self.tmp_dir / filename, "w") as f:
@@ -401,11 +445,19 @@ class CheckpointWriter:
             raise RuntimeError("commit without config.json")
         staged = Checkpoint(self.tmp_dir)
         record = dict(lineage or {})
-        record["fingerprint"] = compute_fingerprint(staged)
+        record["fingerprint"] = self._streamed_fingerprint(staged) or compute_fingerprint(staged)
         record["fingerprint_of"] = staged._file_stamps()
         self.write_json(LINEAGE_FILE, record)
         atomic.commit_dir(self.tmp_dir, self.out_dir)
         return Checkpoint(self.out_dir)
+
+    def _streamed_fingerprint(self, staged: Checkpoint) -> str | None:
+        """The fingerprint hashed while writing, if it covers what was staged."""
+        if self._content is None or self._next_to_hash is not None:
+            return None
+        if json.dumps(stable_config(staged.config), sort_keys=True) != self._content.config_text:
+            return None
+        return self._content.hexdigest()
 
     def abort(self) -> None:
         for shard in self.shards:

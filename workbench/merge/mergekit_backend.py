@@ -54,13 +54,12 @@ def run_mergekit(config: MergeConfig, out_dir: Path, *, overwrite: bool, progres
         run_merge(merge_config, str(scratch / "out"), options=options)
         produced = Checkpoint(scratch / "out")
         plan = [PlannedTensor(n, i.shape, i.torch_dtype) for n, i in produced.tensors.items()]
-        with CheckpointWriter(out_dir, plan, overwrite=overwrite) as writer:
-            for name in produced.names():
+        with CheckpointWriter(out_dir, plan, overwrite=overwrite, config=produced.config) as writer:
+            for name in sorted(produced.names()):
                 writer.write(name, produced.read(name))
             for item in (scratch / "out").iterdir():
                 if item.is_file() and not item.name.endswith(".safetensors") and item.name not in (
                         "model.safetensors.index.json", "README.md"):
                     shutil.copyfile(item, writer.staging_dir / item.name)
-            return finish_checkpoint(writer, config, backend="mergekit", config_from=None,
-                                     dtype_name=None, lineage_inputs=lineage_inputs,
+            return finish_checkpoint(writer, config, backend="mergekit", lineage_inputs=lineage_inputs,
                                      attachments=attachments)

@@ -351,6 +351,10 @@ def task_arithmetic(base: torch.Tensor, others: Sequence[torch.Tensor], weights:
     numel = base.numel()
     trims = [magnitude_trim(base, other, density, dtype, rescale, release)
              if sparsify and density < 1 else None for other, density in zip(others, densities)]
+    if all(trim is not None and trim.threshold == 0 and trim.ties == numel for trim in trims):
+        # Every task vector is all zeros (a tensor no fine-tune changed, as the embeddings of
+        # LoRA experts): the walk below would add a zero, +0 times lambda, to the base.
+        return torch.add(base.to(dtype), 0.0 * lambda_)
     walks = [trim.pass_() if trim is not None else None for trim in trims]
     weight_column = torch.tensor(list(weights), dtype=dtype).reshape(-1, 1)
     out = torch.empty(numel, dtype=dtype)

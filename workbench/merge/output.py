@@ -36,18 +36,21 @@ def tokenizer_dir(config: MergeConfig) -> Path:
     return config.referenced()[0][1].path
 
 
-def finish_checkpoint(writer: CheckpointWriter, config: MergeConfig, *, backend: str,
-                      config_from: dict | None, dtype_name: str | None, lineage_inputs: dict,
+def model_config(config_from: dict, dtype_name: str | None) -> dict:
+    """The merged model's config.json: the source's, with the output dtype."""
+    config = dict(config_from)
+    if dtype_name:
+        config["dtype"] = dtype_name
+        if "torch_dtype" in config:
+            config["torch_dtype"] = dtype_name
+    return config
+
+
+def finish_checkpoint(writer: CheckpointWriter, config: MergeConfig, *, backend: str, lineage_inputs: dict,
                       attachments: Attachments | None = None) -> Checkpoint:
-    """Write config (unless the backend wrote one), support files, attachments, model card; commit."""
+    """Write support files, attachments and the model card (config.json is the backend's);
+    commit."""
     attachments = attachments or Attachments()
-    if config_from is not None:
-        model_config = dict(config_from)
-        if dtype_name:
-            model_config["dtype"] = dtype_name
-            if "torch_dtype" in model_config:
-                model_config["torch_dtype"] = dtype_name
-        writer.write_json("config.json", model_config)
     source = tokenizer_dir(config)
     for name in SUPPORT_FILES:
         if not (writer.staging_dir / name).exists() and (source / name).exists():
