@@ -36,7 +36,7 @@ def trimmed(base, other, density, dtype):
 
 
 @pytest.mark.parametrize("chunk", [methods.CHUNK, 7_000])
-@pytest.mark.parametrize("zero_fraction,density", [(0.0, 0.2), (0.0, 0.5), (0.7, 0.1), (0.7, 0.2)])
+@pytest.mark.parametrize("zero_fraction,density", [(0.0, 0.2), (0.0, 0.5), (0.05, 0.5), (0.7, 0.1), (0.7, 0.2)])
 @pytest.mark.parametrize("dtype_name", list(DTYPES))
 def test_trim_keeps_exactly_k_like_mergekit(monkeypatch, dtype_name, zero_fraction, density, chunk):
     from mergekit.sparsify import magnitude

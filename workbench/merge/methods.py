@@ -259,15 +259,18 @@ def _selection_trim(base: torch.Tensor, other: torch.Tensor, keep: int, dtype: t
     if keep > nonzero:  # the cut-off is zero: every nonzero element is kept, the trim is a no-op
         return MagnitudeTrim(0.0, numel - nonzero, keep - nonzero, None)
     l1 = magnitudes.sum() if rescale and dtype != torch.float64 else None
-    # Select among the nonzero magnitudes only: introselect slows down many times over on a
-    # buffer that is mostly equal values, as the task vectors of many fine-tunes are zeros.
-    candidates = magnitudes if nonzero == numel else _compact_nonzero(magnitudes)
+    # Where zeros are many, select among the nonzero magnitudes only: introselect slows down
+    # many times over on a buffer that is mostly equal values, as the task vectors of many
+    # fine-tunes are zeros. A few zeros cost it nothing, and compacting costs a pass.
+    many_zeros = numel - nonzero > numel // _MANY_ZEROS
+    candidates = _compact_nonzero(magnitudes) if many_zeros else magnitudes
+    cut = candidates.numel() - keep  # the keep largest candidates are all nonzero: keep <= nonzero
     values = candidates.numpy()
-    values.partition(nonzero - keep)
-    threshold = float(values[nonzero - keep])
-    top = candidates[nonzero - keep:]
+    values.partition(cut)
+    threshold = float(values[cut])
+    top = candidates[cut:]
     ties_kept = keep - int((top > threshold).count_nonzero())
-    ties = ties_kept + int((candidates[:nonzero - keep] == threshold).count_nonzero())
+    ties = ties_kept + int((candidates[:cut] == threshold).count_nonzero())
     trim = MagnitudeTrim(threshold, ties, ties_kept, None)
     if not rescale:
         return trim
@@ -276,6 +279,9 @@ def _selection_trim(base: torch.Tensor, other: torch.Tensor, keep: int, dtype: t
     else:
         trim.scale = _rescale_factor(l1, top.sum())
     return trim
+
+
+_MANY_ZEROS = 8  # more than 1/8 of a task vector's elements are zeros: select among the others
 
 
 def _compact_nonzero(values: torch.Tensor) -> torch.Tensor:
