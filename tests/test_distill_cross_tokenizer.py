@@ -13,6 +13,7 @@ import torch
 
 from tests.chat_runs import interrupted_copy, write_reversals
 from tests.cli_helpers import run_workbench
+from tests.test_distill_engine import BAD_PLACEMENTS
 from tests.tiny_models import make_checkpoint, make_sentencepiece_tokenizer, make_tokenizer
 from workbench.checkpoint import Checkpoint
 from workbench.data import load_conversations
@@ -306,9 +307,7 @@ def test_a_cross_cache_with_the_teacher_over_cpu_and_disk_is_the_cache_of_a_whol
 
 
 @pytest.mark.parametrize("options, message", [
-    (["--device-map", "cuda:7"], "--device-map: no device 'cuda:7' here; available: auto, "),
-    (["--device-map", "cpu", "--max-memory", "cuda:0=1GB"], "--max-memory: 'cuda:0' is not a memory device"),
-    (["--device-map", "auto", "--teacher-device", "cpu"], "--teacher-device and --device-map both place"),
+    *BAD_PLACEMENTS,
     (["--max-memory", "cpu=1GB"], "--max-memory caps what --device-map puts on each device"),
 ])
 def test_cross_cache_bad_placement_is_one_line_and_writes_nothing(setup, tmp_path, options, message):

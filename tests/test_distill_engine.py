@@ -186,11 +186,15 @@ def test_cache_teacher_over_cpu_and_disk_writes_the_cache_of_a_whole_teacher(set
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]  # the offload scratch is gone
 
 
-@pytest.mark.parametrize("options, message", [
+# Placements cache-teacher refuses, each with the start of its one-line error.
+BAD_PLACEMENTS = [
     (["--device-map", "cuda:7"], "--device-map: no device 'cuda:7' here; available: auto, "),
     (["--device-map", "cpu", "--max-memory", "cuda:0=1GB"], "--max-memory: 'cuda:0' is not a memory device"),
     (["--device-map", "auto", "--teacher-device", "cpu"], "--teacher-device and --device-map both place"),
-])
+]
+
+
+@pytest.mark.parametrize("options, message", BAD_PLACEMENTS)
 def test_cache_teacher_bad_placement_is_one_line_and_writes_nothing(setup, tmp_path, options, message):
     done = run_workbench("distill", "cache-teacher", "--teacher", setup["teacher"], "--data", setup["data"],
                          "--out", tmp_path / "cache", *options)
