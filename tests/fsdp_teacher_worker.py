@@ -30,7 +30,7 @@ def main(teacher_dir: str, out: str) -> None:
     resident_before = local_numel(sharded)
     with sharded.gathered(batch) as (hidden, weight):
         resident_gathered = local_numel(sharded)
-        weight = weight.clone()
+        weight = weight.detach().clone()
     resident_after = local_numel(sharded)
     with torch.no_grad():
         expected_hidden, _ = supervised_hidden_states(whole, batch)
@@ -39,10 +39,20 @@ def main(teacher_dir: str, out: str) -> None:
         "resident_before": resident_before, "resident_gathered": resident_gathered,
         "resident_after": resident_after,
         "hidden_max_diff": (hidden - expected_hidden).abs().max().item(),
-        "weight_equal": torch.equal(weight, whole.get_output_embeddings().weight),
+        "weight_rows_equal": torch.equal(weight.to_local(), whole_rows(whole.get_output_embeddings().weight, ctx)),
+        "hidden_size": whole.config.hidden_size,
+        "tied": whole.get_output_embeddings().weight is whole.get_input_embeddings().weight,
+        "head_is_embedding": (sharded.model.get_output_embeddings().weight
+                              is sharded.model.get_input_embeddings().weight),
     }
     Path(out, f"rank-{ctx.rank}.json").write_text(json.dumps(report))
     torch.distributed.destroy_process_group()
+
+
+def whole_rows(weight: torch.Tensor, ctx) -> torch.Tensor:
+    """This rank's dim-0 shard of a whole tensor, as FSDP2 cuts it."""
+    per_rank = -(-weight.shape[0] // ctx.world_size)
+    return weight[ctx.rank * per_rank:(ctx.rank + 1) * per_rank]
 
 
 if __name__ == "__main__":

@@ -43,6 +43,7 @@ from typing import NamedTuple
 import torch
 
 from workbench.constants import IGNORE_INDEX
+from workbench.distill.heads import local_weight, make_head
 from workbench.errors import ConfigError
 
 KD_LOSSES = ("reverse_kl", "forward_kl", "jsd")
@@ -96,6 +97,13 @@ class DenseTeacher(NamedTuple):
     weight: torch.Tensor
 
 
+class _TeacherHead(NamedTuple):
+    """A dense teacher's supervised hidden states and its head over the ids shared with the student."""
+
+    hidden: torch.Tensor
+    head: object
+
+
 class SparseTeacher(NamedTuple):
     """A cached teacher at the loss temperature: per token the top-k ids [N, k] (int64), their
     log-probabilities [N, k] and the log of the probability of all other ids [N] (-inf when
@@ -126,12 +134,15 @@ def distill_loss(student_hidden: torch.Tensor, student_weight: torch.Tensor,
     ``student_hidden`` [N, H] and ``labels`` [N] are aligned (the hidden state that predicts
     the label); a dense teacher's hidden states are aligned with them too, while a sparse
     teacher holds rows for the supervised tokens only, in order. Gradients reach
-    ``student_hidden`` and ``student_weight`` when they require them.
+    ``student_hidden`` and ``student_weight`` when they require them. Lm_head weights that are
+    FSDP2 DTensors stay sharded by vocabulary (``workbench.distill.heads``): every rank must
+    then call this for the same micro-batch, with the same ``spec``.
     """
-    if torch.is_grad_enabled() and (student_hidden.requires_grad or student_weight.requires_grad):
-        loss, stats = _ChunkedDistill.apply(student_hidden, student_weight, labels, teacher, spec)
+    weight, shards = local_weight(student_weight)
+    if torch.is_grad_enabled() and (student_hidden.requires_grad or weight.requires_grad):
+        loss, stats = _ChunkedDistill.apply(student_hidden, weight, labels, teacher, spec, shards)
     else:
-        loss, stats, _, _ = _chunked(student_hidden, student_weight, labels, teacher, spec,
+        loss, stats, _, _ = _chunked(student_hidden, weight, labels, teacher, spec, shards,
                                      want_hidden_grad=False, want_weight_grad=False)
     kd, ce, correct, agree, tokens = stats.tolist()
     return loss, DistillStats(kd, ce, correct, agree, int(tokens))
@@ -161,44 +172,45 @@ def gradients_in_forward(chunked) -> type[torch.autograd.Function]:
     return GradientsInForward
 
 
-def _chunked(hidden, weight, labels, teacher, spec: LossSpec, *, want_hidden_grad: bool, want_weight_grad: bool):
+def _chunked(hidden, weight, labels, teacher, spec: LossSpec, shards=None, *, want_hidden_grad: bool,
+             want_weight_grad: bool):
     """Loss, stats [kd, ce, correct, agree, tokens] and, when asked, the gradients of the loss
-    w.r.t. ``hidden`` and ``weight`` (in their dtypes), one chunk of supervised tokens at a time."""
+    w.r.t. ``hidden`` and ``weight`` (in their dtypes), one chunk of supervised tokens at a time.
+    ``weight`` is the whole lm_head weight, or this rank's rows of it as ``shards`` says."""
     rows = (labels != IGNORE_INDEX).nonzero().squeeze(1)
     with torch.autocast(hidden.device.type, enabled=False):
         h = hidden.index_select(0, rows).float()
-        w = weight.float()
+        head = make_head(weight, shards)
         targets = labels.index_select(0, rows)
-        teacher = _prepare_teacher(teacher, rows, vocab=w.shape[0])
+        teacher = _prepare_teacher(teacher, rows, vocab=head.vocab)
         grad_h = torch.zeros_like(h) if want_hidden_grad else None
-        grad_w = torch.zeros_like(w) if want_weight_grad else None
+        grad_w = torch.zeros_like(head.weight) if want_weight_grad else None
         totals = torch.zeros(5, dtype=torch.float64, device=hidden.device)
-        chunk = spec.chunk_tokens(w.shape[0])
-        for start in range(0, h.shape[0], chunk):
-            end = min(start + chunk, h.shape[0])
+        for start, end, padded in head.chunks(h.shape[0], spec.chunk_tokens(head.vocab)):
             h_chunk = h[start:end]
-            loss, stats, dlogits = _chunk(h_chunk @ w.T, _teacher_chunk(teacher, start, end),
+            loss, stats, dlogits = _chunk(head.logits(h_chunk, padded), _teacher_chunk(teacher, start, end, padded),
                                           targets[start:end], spec, want_hidden_grad or want_weight_grad)
             totals[0] += loss
             totals[1:] += stats
-            if grad_h is not None:
-                grad_h[start:end] = dlogits @ w
-            if grad_w is not None:
-                grad_w.addmm_(dlogits.T, h_chunk)
+            if dlogits is not None:
+                grad_chunk = head.backward(dlogits, h_chunk, grad_w)
+                del dlogits
+                if grad_h is not None:
+                    grad_h[start:end] = grad_chunk
     if grad_h is not None:
         full = torch.zeros(hidden.shape, dtype=hidden.dtype, device=hidden.device)
         grad_h = full.index_copy_(0, rows, grad_h.to(hidden.dtype))
     if grad_w is not None:
-        grad_w = grad_w.to(weight.dtype)
+        grad_w = head.weight_grad(grad_w).to(weight.dtype)
     stats = torch.cat([totals[1:], totals.new_tensor([float(rows.numel())])])
     return totals[0].to(torch.float32), stats, grad_h, grad_w
 
 
 def _prepare_teacher(teacher, rows: torch.Tensor, vocab: int):
-    """The teacher restricted to the supervised rows and to the ids shared with the student."""
+    """The teacher restricted to the supervised rows and to the ids shared with the student
+    (a dense teacher's weight becomes its head)."""
     if isinstance(teacher, DenseTeacher):
-        shared = min(vocab, teacher.weight.shape[0])
-        return DenseTeacher(teacher.hidden.index_select(0, rows), teacher.weight[:shared].float())
+        return _TeacherHead(teacher.hidden.index_select(0, rows), make_head(*local_weight(teacher.weight), keep=vocab))
     if teacher.ids.shape[0] != rows.numel():
         raise ValueError(f"teacher cache has {teacher.ids.shape[0]} rows for {rows.numel()} supervised tokens")
     if (teacher.vocab or 0) > vocab:
@@ -209,9 +221,10 @@ def _prepare_teacher(teacher, rows: torch.Tensor, vocab: int):
     return teacher
 
 
-def _teacher_chunk(teacher, start: int, end: int):
-    if isinstance(teacher, DenseTeacher):
-        return DenseTeacher(teacher.hidden[start:end], teacher.weight)
+def _teacher_chunk(teacher, start: int, end: int, padded: int):
+    """A dense teacher's logits for the chunk (over the shared ids), or the cached rows."""
+    if isinstance(teacher, _TeacherHead):
+        return teacher.head.logits(teacher.hidden[start:end].float(), padded)
     return SparseTeacher(teacher.ids[start:end], teacher.logprobs[start:end], teacher.rest_logprob[start:end],
                          teacher.vocab)
 
@@ -219,14 +232,15 @@ def _teacher_chunk(teacher, start: int, end: int):
 def _chunk(logits: torch.Tensor, teacher, targets: torch.Tensor, spec: LossSpec, want_grad: bool):
     """Loss sum, [kd, ce, correct, agree] sums and d(loss)/d(logits) of one chunk of tokens.
 
-    ``logits`` are the student's fp32 logits [C, V_s] over its whole vocab. Every [C x V]
+    ``logits`` are the student's fp32 logits [C, V_s] over its whole vocab; ``teacher`` is a
+    dense teacher's fp32 logits over the ids the two share, or the cached rows. Every [C x V]
     buffer is freed or reused as soon as possible: their number sets the peak memory.
     """
     temperature, alpha = spec.temperature, spec.alpha
     rows = torch.arange(len(targets), device=logits.device)
-    if isinstance(teacher, DenseTeacher):
-        shared = teacher.weight.shape[0]
-        teacher_logits = teacher.hidden.float() @ teacher.weight.T
+    if isinstance(teacher, torch.Tensor):
+        teacher_logits, teacher = teacher, None
+        shared = teacher_logits.shape[1]
         teacher_top1 = teacher_logits.max(dim=1).indices
         teacher_logp = torch.log_softmax(_scaled_(teacher_logits, temperature), dim=1)
         del teacher_logits

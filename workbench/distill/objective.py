@@ -3,8 +3,9 @@
 The student's and teacher's final hidden states at the supervised positions go through the
 chunked loss with their lm_head weights, so the [tokens x vocab] logits never exist whole.
 The teacher runs in eval mode without gradients, in its own dtype and on its own device, or,
-under --fsdp, sharded over the ranks like the student (its lm_head weight gathered whole for
-each micro-batch's loss and dropped after it).
+under --fsdp, sharded over the ranks like the student. Under --fsdp neither lm_head weight is
+gathered: the loss computes each rank's logits from the vocabulary shards
+(``workbench.distill.heads``).
 """
 
 from __future__ import annotations
@@ -52,6 +53,8 @@ def check_same_tokenizer(student_tokenizer, teacher_tokenizer, student_path, tea
 class DistillObjective:
     """``objective(student, batch) -> (loss_sum, supervised, correct, {kd_loss, student_ce,
     teacher_agreement})``, with the teacher online or from the cached rows in the batch."""
+
+    reads_vocab_shards = True  # under --fsdp the loop leaves the student's lm_head as vocab shards
 
     def __init__(self, spec: LossSpec, teacher: torch.nn.Module | None = None, device: torch.device | None = None):
         self.spec = spec

@@ -116,10 +116,13 @@ def return_freed_memory_on_cpu() -> bool:
 
 
 def shard_model(root: torch.nn.Module, model: torch.nn.Module, ctx: Dist, precision: str,
-                reshard_root: bool | None = None) -> torch.nn.Module:
+                reshard_root: bool | None = None, vocab_sharded_head: bool = False) -> torch.nn.Module:
     """fully_shard every decoder layer of ``model``, then ``root`` (a module holding ``model``)
     for what is left. ``reshard_root`` None lets FSDP keep the root gathered from forward to
     backward (training); True frees it after each forward (an inference-only teacher).
+    ``vocab_sharded_head``: the input embedding and the lm_head stay split by vocabulary rows,
+    never gathered (``shard_embeddings_apart``), for a loss that computes logits from the
+    head's shards (``workbench.distill.heads``).
     A model from ``empty_model`` gets its shards from its checkpoint here."""
     from torch.distributed.fsdp import fully_shard
 
@@ -129,10 +132,30 @@ def shard_model(root: torch.nn.Module, model: torch.nn.Module, ctx: Dist, precis
     policy = mixed_precision(precision, ctx.device)
     for layer in decoder_layers(model):
         fully_shard(layer, mesh=mesh, mp_policy=policy, reshard_after_forward=True)
-    fully_shard(root, mesh=mesh, mp_policy=policy, reshard_after_forward=reshard_root)
+    apart = shard_embeddings_apart(model, mesh) if vocab_sharded_head else set()
+    fully_shard(root, mesh=mesh, mp_policy=policy, reshard_after_forward=reshard_root, ignored_params=apart or None)
     if hasattr(model, WEIGHTS_FROM):
         load_shards(root, model, getattr(model, WEIGHTS_FROM), ctx)
     return root
+
+
+def shard_embeddings_apart(model: torch.nn.Module, mesh) -> set[torch.nn.Parameter]:
+    """Split the input embedding and the lm_head weight by vocabulary rows outside any FSDP
+    group, so that no rank ever gathers them: the lookup runs on the shards
+    (``ShardedEmbedding``) and so does the loss (``workbench.distill.heads``). A tied head keeps
+    sharing the embedding's parameter. Returns the parameters for the root group to ignore."""
+    from workbench.training.sharded_embedding import ShardedEmbedding, sharded_rows
+
+    base = unwrap(model)
+    embedding, head = base.get_input_embeddings(), base.get_output_embeddings()
+    tied = head.weight is embedding.weight
+    try:
+        sharded = ShardedEmbedding.replacing(embedding, mesh)
+    except ValueError as error:
+        raise ConfigError(f"{base.config.model_type}: {error}") from None
+    base.set_input_embeddings(sharded)
+    head.weight = sharded.weight if tied else sharded_rows(head.weight, mesh)
+    return {sharded.weight, head.weight}
 
 
 @torch.no_grad()
@@ -161,14 +184,14 @@ def load_shards(root: torch.nn.Module, model: torch.nn.Module, ckpt, ctx: Dist) 
 
 class ShardedTeacher(torch.nn.Module):
     """A frozen teacher sharded over the ranks. Inside ``gathered(batch)`` it gives the final
-    hidden states at the supervised positions and its lm_head weight, both whole: the root group
-    (embeddings, final norm, lm_head) stays gathered for the block, then goes back to shards.
-    The decoder layers are gathered one at a time during the forward only."""
+    hidden states at the supervised positions (whole) and its lm_head weight as the DTensor of
+    this rank's vocabulary rows, which the distillation loss uses where it lies. The decoder
+    layers and the input embedding are gathered one at a time during the forward only."""
 
     def __init__(self, teacher: torch.nn.Module, ctx: Dist, precision: str):
         super().__init__()
         self.model = teacher.eval().requires_grad_(False)
-        shard_model(self, self.model, ctx, precision)
+        shard_model(self, self.model, ctx, precision, vocab_sharded_head=True)
 
     def forward(self, batch: dict) -> torch.Tensor:
         hidden, _ = supervised_hidden_states(self.model, batch)

@@ -219,7 +219,8 @@ def train(model: torch.nn.Module, train_rows: Sequence, val_rows: Sequence, coll
     if config.fsdp:
         from workbench.training.fsdp import shard_model
 
-        shard_model(objective_module, model, ctx, config.precision)  # in place: parameters become shards
+        shard_model(objective_module, model, ctx, config.precision,  # in place: parameters become shards
+                    vocab_sharded_head=getattr(objective, "reads_vocab_shards", False))
     else:
         model.to(ctx.device)
     if ctx.enabled and not config.fsdp:
