@@ -8,8 +8,10 @@ live as 1/N shards (DTensors) on each rank. The root is the loop's ``ObjectiveMo
 whole objective (which reaches into the decoder and the lm_head weight directly for the
 chunked loss) runs inside one root forward, where the root parameters are whole.
 
-A distillation teacher is sharded the same way, without optimizer state; its root stays gathered
-for one micro-batch's loss and is re-sharded after it: between micro-batches each rank holds 1/N.
+A distillation teacher is sharded the same way, without optimizer state. In distillation the
+input embeddings and lm_heads of both models are in no group at all: they stay split by
+vocabulary rows and the lookup and the loss run on the shards (``shard_embeddings_apart``), so no
+rank gathers a vocab-sized table.
 
 Mixed precision is FSDP2's ``MixedPrecisionPolicy``: bf16 compute parameters with fp32
 gradient reduction on a GPU that supports bf16 (``--precision auto``) or when asked
