@@ -340,15 +340,15 @@ def _sparse_divergence(student_logp: torch.Tensor, teacher: SparseTeacher, diver
     log_p = torch.cat([teacher.logprobs.float(), teacher.rest_logprob.float()[:, None]], dim=1)
     q, p = log_q.exp(), log_p.exp()
     if divergence == "reverse_kl":
-        kd = _weighted(q, log_q - log_p).sum(dim=1)
+        kd = weighted_or_zero(q, log_q - log_p).sum(dim=1)
         g = log_q - log_p
     elif divergence == "forward_kl":
-        kd = _weighted(p, log_p - log_q).sum(dim=1)
+        kd = weighted_or_zero(p, log_p - log_q).sum(dim=1)
         g = -p / q
     else:
         log_mix = torch.logaddexp(log_q + math.log1p(-beta), log_p + math.log(beta))
-        student_term = _weighted(q, log_q - log_mix).sum(dim=1)
-        kd = beta * _weighted(p, log_p - log_mix).sum(dim=1) + (1 - beta) * student_term
+        student_term = weighted_or_zero(q, log_q - log_mix).sum(dim=1)
+        kd = beta * weighted_or_zero(p, log_p - log_mix).sum(dim=1) + (1 - beta) * student_term
         g = (1 - beta) * (log_q - log_mix)
     g = torch.where(q > 0, g, 0.0)  # an empty bucket (the rest, when k is the vocab) has no ids
     mean_g = (q * g).sum(dim=1, keepdim=True)
@@ -357,7 +357,7 @@ def _sparse_divergence(student_logp: torch.Tensor, teacher: SparseTeacher, diver
     return kd, student_logp.exp().mul_(per_id.sub_(mean_g))
 
 
-def _weighted(weight: torch.Tensor, value: torch.Tensor) -> torch.Tensor:
+def weighted_or_zero(weight: torch.Tensor, value: torch.Tensor) -> torch.Tensor:
     """weight * value with 0 * anything = 0 (empty buckets, -inf log-probabilities)."""
     return torch.where(weight > 0, weight * value, 0.0)
 

@@ -24,7 +24,7 @@ from typing import NamedTuple
 import torch
 
 from workbench.distill.cross_tokenizer.pairing import Key
-from workbench.distill.losses import _weighted
+from workbench.distill.losses import weighted_or_zero
 
 
 class Spans(NamedTuple):
@@ -88,11 +88,11 @@ def measure_divergence(log_q: torch.Tensor, log_p: torch.Tensor, divergence: str
     """
     q, p = log_q.exp(), log_p.exp()
     if divergence == "reverse_kl":
-        grad = _weighted(q, log_q - log_p)
+        grad = weighted_or_zero(q, log_q - log_p)
         return grad.sum(dim=1) - q.sum(dim=1) + p.sum(dim=1), grad
     if divergence == "forward_kl":
-        return _weighted(p, log_p - log_q).sum(dim=1) - p.sum(dim=1) + q.sum(dim=1), q - p
+        return weighted_or_zero(p, log_p - log_q).sum(dim=1) - p.sum(dim=1) + q.sum(dim=1), q - p
     log_mix = torch.logaddexp(log_q + math.log1p(-beta), log_p + math.log(beta))
-    grad = _weighted(q, log_q - log_mix)
-    return beta * _weighted(p, log_p - log_mix).sum(dim=1) + (1 - beta) * grad.sum(dim=1), (1 - beta) * grad
+    grad = weighted_or_zero(q, log_q - log_mix)
+    return beta * weighted_or_zero(p, log_p - log_mix).sum(dim=1) + (1 - beta) * grad.sum(dim=1), (1 - beta) * grad
 
