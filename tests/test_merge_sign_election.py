@@ -9,7 +9,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from workbench.merge.sign_election import disjoint_merge
+from workbench.merge.sign_election import PairConsensus, disjoint_merge
 
 DTYPES = {"bfloat16": torch.bfloat16, "float16": torch.float16, "float32": torch.float32}
 
@@ -83,3 +83,18 @@ def test_kernel_equals_reference_on_infinities_and_nan(dtype_name):
     column = torch.tensor([[1.0], [0.5]], dtype=dtype)
     for normalize in (True, False):
         assert_same_bits(disjoint_merge(deltas.clone(), column, normalize), reference(deltas, column, normalize))
+
+
+@pytest.mark.parametrize("weights", [[1.0, 0.7], [0.3, -1.0], [1.0, -1.0], [1.0, 0.0], [0.0, 0.5], [-0.5, -0.25]])
+@pytest.mark.parametrize("normalize", [True, False])
+@pytest.mark.parametrize("dtype_name", list(DTYPES))
+def test_pair_consensus_equals_plain_reference_bit_for_bit(dtype_name, normalize, weights):
+    """The two-model kernel on bit patterns gives mergekit's bits, on a block shorter than its
+    buffers (the last block of a tensor) as on a full one."""
+    deltas, column = weighted_deltas(DTYPES[dtype_name], weights)
+    expected = reference(deltas, column, normalize)
+    weight_values = column[:, 0].tolist()
+    assert_same_bits(PairConsensus(weight_values, DTYPES[dtype_name], normalize, deltas.shape[1])(deltas.clone()),
+                     expected)
+    longer = PairConsensus(weight_values, DTYPES[dtype_name], normalize, deltas.shape[1] + 999)
+    assert_same_bits(longer(deltas.clone()), expected)

@@ -146,16 +146,36 @@ def test_cutoff_at_zero_keeps_every_nonzero_delta(dtype_name):
     assert torch.equal(kept, magnitude(delta, 0.5))
 
 
-def test_nonzero_compaction_keeps_order_across_chunks(monkeypatch):
-    """The float32 selection runs on the nonzero magnitudes compacted in place, chunk by chunk
-    (no whole-buffer index array): the same values in the same order as mask indexing."""
+@pytest.mark.parametrize("case", ["shared-high-halves", "subnormals-at-zero-cutoff", "ties-across-chunks"])
+def test_float32_cutoff_is_the_exact_kth_largest(monkeypatch, case):
+    """The float32 cut-off comes from two histograms (high halves of the bit patterns, then
+    low halves within the cut-off's high half): it is the exact k-th largest magnitude, with
+    its tie count, where many magnitudes share their high half, where the cut-off's bin also
+    holds zeros and subnormals, and where tied values are spread over chunks."""
     monkeypatch.setattr(methods, "CHUNK", 1000)
-    generator = torch.Generator().manual_seed(3)
-    values = torch.rand(10_500, generator=generator)
-    values[torch.rand(10_500, generator=generator) < 0.7] = 0
-    values[:1500] = 0  # a whole chunk and a half of zeros first
-    expected = values[values != 0].clone()
-    assert torch.equal(methods._compact_nonzero(values), expected)
+    monkeypatch.setattr(methods, "CACHE_BLOCK", 1000)
+    generator = torch.Generator().manual_seed(4)
+    numel, density = 10_500, 0.3
+    base = torch.zeros(numel)
+    if case == "shared-high-halves":  # one high half, low halves 0..999: the second histogram decides
+        pattern = torch.tensor([0x3A800000], dtype=torch.int32) + torch.randint(0, 1000, (numel,), generator=generator)
+        other = pattern.to(torch.int32).view(torch.float32) * torch.where(torch.rand(numel, generator=generator) < 0.5, -1, 1)
+    elif case == "subnormals-at-zero-cutoff":  # 80% zeros, a few subnormals, the k-th largest is 0
+        other = torch.randn(numel, generator=generator) * 1e-4
+        other[torch.rand(numel, generator=generator) < 0.8] = 0
+        other[:50] = torch.tensor([1e-41, -3e-42] * 25)
+    else:  # four values repeated: ties at the cut-off in every chunk
+        other = torch.tensor([1e-4, -2e-4, 3e-4, -1e-4])[torch.randint(0, 4, (numel,), generator=generator)]
+    trim = methods.magnitude_trim(base, other, density, torch.float32)
+    magnitudes = other.abs()
+    k = int(density * numel)
+    kth = float(magnitudes.topk(k).values.min())
+    assert trim.threshold == kth
+    assert trim.ties == int((magnitudes == kth).sum())
+    assert trim.ties_kept == k - int((magnitudes > kth).sum())
+    assert trim.largest >= float(magnitudes.max())
+    _, kept = trimmed(base, other, density, torch.float32)
+    assert int(kept.count_nonzero()) == min(k, int(other.count_nonzero()))
 
 
 def unchanged_by_lora(name: str) -> bool:

@@ -18,8 +18,10 @@ Coefficients (linear weights, slerp's t) are float64 for float64 merges, float32
 as mergekit's batched parameters are.
 
 TIES' magnitude trim keeps exactly k = max(1, int(density * numel)) elements per tensor,
-as mergekit does, with the cut-off found in O(n) (a histogram of bit patterns for bfloat16
-and float16, an in-place selection for float32 and float64) instead of a full argsort. Where
+as mergekit does, with the cut-off found in O(n) from histograms of magnitudes' bit patterns
+(one over all 2^15 patterns for bfloat16 and float16; for float32 and float64, whose
+magnitudes mergekit compares in float32, one over the high 16 bits, then one over the low
+16 bits within the cut-off's high half) instead of a full argsort. Where
 several magnitudes tie at the cut-off value (common in bfloat16 and float16, whose task
 vectors take few distinct values), mergekit keeps an arbitrary subset (unstable argsort);
 here the first tied elements in flat index order are kept, so the result is deterministic
@@ -28,12 +30,13 @@ and differs from mergekit's only in which of the tied elements survive.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Callable, Sequence
 
 import torch
 
-from workbench.merge.sign_election import disjoint_merge, sum_rows
+from workbench.merge.sign_election import PAIR_DTYPES, PairConsensus, disjoint_merge, sum_rows
 
 CHUNK = 1024 * 1024  # elements; equal to mergekit's slerp chunk, so its norms are summed alike
 CACHE_BLOCK = 256 * 1024
@@ -141,12 +144,14 @@ class MagnitudeTrim:
     ``threshold`` is the keep-th largest magnitude (as float32, the precision mergekit sorts
     in); every element above it survives, and of the ``ties`` elements equal to it the first
     ``ties_kept`` in flat index order. ``scale`` is the ``rescale`` factor
-    L1(task vector) / L1(kept elements), or None."""
+    L1(task vector) / L1(kept elements), or None. ``largest`` bounds every magnitude from
+    above (inf or NaN where some element is not finite)."""
 
     threshold: float
     ties: int
     ties_kept: int
     scale: torch.Tensor | None
+    largest: float
 
     def pass_(self) -> "_TrimPass":
         """A trimmer for one walk over the tensor, chunk after chunk in ascending order."""
@@ -200,18 +205,18 @@ def magnitude_trim(base: torch.Tensor, other: torch.Tensor, density: float, dtyp
     elements, as mergekit's sparsify.magnitude (the k largest magnitudes, compared in float32).
 
     mergekit breaks ties at the cut-off by an unstable argsort; here the first ones by flat
-    index are kept, so the kept count is exactly k and the result deterministic. Both ways
-    of finding the cut-off are O(n) and read the inputs once, chunk by chunk:
-    bfloat16/float16 magnitudes are counted in a histogram of their 2^15 bit patterns (no
-    scratch tensor; selection by partitioning is slow on such data, whose few distinct
-    values repeat millions of times); float32/float64 ones are selected in place (numpy's
-    introselect) in one float32 buffer, instead of mergekit's full argsort and index arrays.
+    index are kept, so the kept count is exactly k and the result deterministic. The cut-off
+    is found in O(n) from histograms of the magnitudes' bit patterns (ordered as the values
+    are), reading the inputs chunk by chunk with no tensor-sized scratch: bfloat16/float16
+    in one pass over their 2^15 patterns (selection by partitioning is slow on such data,
+    whose few distinct values repeat millions of times), float32/float64 (compared in
+    float32) in two, the high halves of the patterns first.
     """
     numel = base.numel()
     keep = max(1, int(density * numel))
     if dtype in _HALF_WIDTH:
         return _histogram_trim(base, other, keep, dtype, rescale, release)
-    return _selection_trim(base, other, keep, dtype, rescale, release)
+    return _radix_trim(base, other, keep, dtype, rescale, release)
 
 
 _HALF_WIDTH = (torch.bfloat16, torch.float16)
@@ -229,7 +234,8 @@ def _histogram_trim(base: torch.Tensor, other: torch.Tensor, keep: int, dtype: t
     cut = _PATTERNS - 1 - int(torch.searchsorted(from_top, keep))  # the keep-th largest's pattern
     above = int(from_top[_PATTERNS - 2 - cut]) if cut < _PATTERNS - 1 else 0
     threshold = float(torch.tensor([cut], dtype=torch.int16).view(dtype))
-    trim = MagnitudeTrim(threshold, int(counts[cut]), keep - above, None)
+    largest = float(torch.tensor([_last_nonzero(counts)], dtype=torch.int16).view(dtype))
+    trim = MagnitudeTrim(threshold, int(counts[cut]), keep - above, None, largest)
     if rescale and threshold > 0:
         present = counts.nonzero().reshape(-1)
         values = present.to(torch.int16).view(dtype).double()
@@ -240,61 +246,72 @@ def _histogram_trim(base: torch.Tensor, other: torch.Tensor, keep: int, dtype: t
     return trim
 
 
-def _selection_trim(base: torch.Tensor, other: torch.Tensor, keep: int, dtype: torch.dtype, rescale: bool,
-                    release: Release) -> MagnitudeTrim:
+_HIGH = 1 << 15  # high halves (16 bits) of a non-negative float32's bit pattern
+_LOW = 1 << 16  # low halves
+
+
+def _radix_trim(base: torch.Tensor, other: torch.Tensor, keep: int, dtype: torch.dtype, rescale: bool,
+                release: Release) -> MagnitudeTrim:
+    """float32 magnitudes (float64 ones rounded to float32, as mergekit compares them):
+    a histogram of the high halves of their bit patterns finds the cut-off's high half,
+    a second one of the low halves within that high half finds the cut-off itself."""
     numel = base.numel()
-    magnitudes = torch.empty(numel, dtype=torch.float32)
-    wide_sum = torch.zeros((), dtype=torch.float64)  # float64 inputs: L1 summed in float64
-    for start, stop in _chunks(numel):
-        segment = magnitudes[start:stop]
-        if dtype == torch.float32:
-            torch.sub(other[start:stop].float(), base[start:stop].float(), out=segment).abs_()
-        else:
-            delta = (other[start:stop].to(dtype) - base[start:stop].to(dtype)).abs_()
-            segment.copy_(delta)
-            if rescale:
-                wide_sum += delta.sum()
+    high = torch.zeros(_HIGH, dtype=torch.int64)
+    wide_sum = torch.zeros((), dtype=torch.float64)  # rescale: L1 summed in float64, rounded after
+    for start, stop in _cache_blocks(numel):
+        bits = _magnitude_bits(base, other, start, stop, dtype)
+        if rescale:
+            wide_sum += _float64_l1(base, other, start, stop, dtype, bits)
+        high += torch.bincount(bits.bitwise_right_shift_(16), minlength=_HIGH)
         release(start, stop)
-    nonzero = int(magnitudes.count_nonzero())
-    if keep > nonzero:  # the cut-off is zero: every nonzero element is kept, the trim is a no-op
-        return MagnitudeTrim(0.0, numel - nonzero, keep - nonzero, None)
-    l1 = magnitudes.sum() if rescale and dtype != torch.float64 else None
-    # Where zeros are many, select among the nonzero magnitudes only: introselect slows down
-    # many times over on a buffer that is mostly equal values, as the task vectors of many
-    # fine-tunes are zeros. A few zeros cost it nothing, and compacting costs a pass.
-    many_zeros = numel - nonzero > numel // _MANY_ZEROS
-    candidates = _compact_nonzero(magnitudes) if many_zeros else magnitudes
-    cut = candidates.numel() - keep  # the keep largest candidates are all nonzero: keep <= nonzero
-    values = candidates.numpy()
-    values.partition(cut)
-    threshold = float(values[cut])
-    top = candidates[cut:]
-    ties_kept = keep - int((top > threshold).count_nonzero())
-    ties = ties_kept + int((candidates[:cut] == threshold).count_nonzero())
-    trim = MagnitudeTrim(threshold, ties, ties_kept, None)
-    if not rescale:
-        return trim
-    if dtype == torch.float64:
-        trim.scale = _rescale_factor(wide_sum, _kept_l1(base, other, trim, release))
-    else:
-        trim.scale = _rescale_factor(l1, top.sum())
+    from_top = high.flip(0).cumsum(0)
+    cut_high = _HIGH - 1 - int(torch.searchsorted(from_top, keep))
+    above_high = int(from_top[_HIGH - 2 - cut_high]) if cut_high < _HIGH - 1 else 0
+    lowest = cut_high << 16  # the high bin's patterns are lowest ... lowest + _LOW - 1
+    low = torch.zeros(_LOW + 1, dtype=torch.int64)  # [0]: below the bin, [1 + i]: pattern lowest + i
+    for start, stop in _cache_blocks(numel):
+        bits = _magnitude_bits(base, other, start, stop, dtype)
+        bits.clamp_(lowest - 1, lowest + _LOW - 1).sub_(lowest - 1)
+        low += torch.bincount(bits, minlength=_LOW + 1)
+        release(start, stop)
+    low[_LOW] -= above_high  # patterns above the bin were clamped into its top
+    within_from_top = low[1:].flip(0).cumsum(0)
+    index = int(torch.searchsorted(within_from_top, keep - above_high))
+    cut = lowest + _LOW - 1 - index
+    above = above_high + (int(within_from_top[index - 1]) if index else 0)
+    threshold = float(torch.tensor([cut], dtype=torch.int32).view(torch.float32))
+    top = _last_nonzero(high)  # the largest magnitude is below the next high bin's first pattern
+    largest = float(torch.tensor([min(top + 1, _HIGH - 1) << 16], dtype=torch.int32).view(torch.float32))
+    trim = MagnitudeTrim(threshold, int(low[1 + cut - lowest]), keep - above, None,
+                         largest if top < 0x7F80 else math.inf)
+    if rescale and threshold > 0:
+        trim.scale = _rescale_factor(wide_sum.to(dtype), _kept_l1(base, other, trim, release).to(dtype))
     return trim
 
 
-_MANY_ZEROS = 8  # more than 1/8 of a task vector's elements are zeros: select among the others
+def _last_nonzero(counts: torch.Tensor) -> int:
+    """The index of the last nonzero count (0 if none)."""
+    present = counts.nonzero()
+    return int(present[-1]) if len(present) else 0
 
 
-def _compact_nonzero(values: torch.Tensor) -> torch.Tensor:
-    """values[values != 0], moved to the front of values' own storage chunk by chunk:
-    indexing the whole buffer by a mask makes an int64 index array twice its size (216 MB
-    more peak memory for the embedding of a 135M-parameter model)."""
-    filled = 0
-    for start, stop in _chunks(values.numel()):
-        segment = values[start:stop]
-        nonzero = segment[segment != 0]
-        values[filled:filled + nonzero.numel()] = nonzero
-        filled += nonzero.numel()
-    return values[:filled]
+def _magnitude_bits(base: torch.Tensor, other: torch.Tensor, start: int, stop: int,
+                    dtype: torch.dtype) -> torch.Tensor:
+    """|other - base| over [start, stop) as float32, in the working dtype's arithmetic, viewed
+    as int32 (ordered as the magnitudes are)."""
+    if dtype == torch.float32:
+        delta = torch.sub(other[start:stop].float(), base[start:stop].float())
+    else:
+        delta = (other[start:stop].to(dtype) - base[start:stop].to(dtype)).float()
+    return delta.abs_().view(torch.int32)
+
+
+def _float64_l1(base, other, start, stop, dtype, bits) -> torch.Tensor:
+    """The L1 of [start, stop): from the float32 magnitudes (float32 merges) or recomputed in
+    float64 (float64 merges, whose magnitudes ``bits`` holds rounded)."""
+    if dtype == torch.float32:
+        return bits.view(torch.float32).double().sum()
+    return (other[start:stop].double() - base[start:stop].double()).abs_().sum()
 
 
 def _rescale_factor(before: torch.Tensor, after: torch.Tensor) -> torch.Tensor | None:
@@ -303,8 +320,7 @@ def _rescale_factor(before: torch.Tensor, after: torch.Tensor) -> torch.Tensor |
 
 
 def _kept_l1(base: torch.Tensor, other: torch.Tensor, trim: MagnitudeTrim, release: Release) -> torch.Tensor:
-    """L1 of the trimmed float64 task vector (one more pass: the float32 buffer that the
-    selection ran on has lost the float64 values)."""
+    """L1 of the trimmed task vector, summed in float64 (one more pass, for rescale only)."""
     total = torch.zeros((), dtype=torch.float64)
     walk = trim.pass_()
     for start, stop in _chunks(base.numel()):
@@ -341,9 +357,13 @@ def _zero_at_most(delta: torch.Tensor, threshold: float) -> None:
 
 
 def _magnitudes_equal(delta: torch.Tensor, threshold: float) -> torch.Tensor:
-    if delta.dtype not in _SAME_WIDTH_INT:
+    """Where |x| == threshold; compared as bit patterns without the sign bit (several times
+    faster than a float comparison in bfloat16)."""
+    integer = _SAME_WIDTH_INT.get(delta.dtype)
+    if integer is None:
         return delta.abs().float() == threshold
-    return delta.abs() == threshold
+    pattern = int(torch.tensor(threshold, dtype=delta.dtype).view(integer))
+    return torch.bitwise_and(delta.view(integer), (1 << (8 * delta.dtype.itemsize - 1)) - 1) == pattern
 
 
 def task_arithmetic(base: torch.Tensor, others: Sequence[torch.Tensor], weights: Sequence[float],
@@ -364,6 +384,8 @@ def task_arithmetic(base: torch.Tensor, others: Sequence[torch.Tensor], weights:
     walks = [trim.pass_() if trim is not None else None for trim in trims]
     weight_column = torch.tensor(list(weights), dtype=dtype).reshape(-1, 1)
     out = torch.empty(numel, dtype=dtype)
+    if sign_consensus and _pair_is_finite(trims, weight_column, dtype):
+        return _pair_ties(base, others, trims, walks, weight_column, dtype, normalize, lambda_, release, out)
     for start, stop in _cache_blocks(numel):
         b = base[start:stop].to(dtype)
         deltas = torch.empty((len(others), stop - start), dtype=dtype)
@@ -388,3 +410,44 @@ def task_arithmetic(base: torch.Tensor, others: Sequence[torch.Tensor], weights:
         release(start, stop)
     return out
 
+
+
+PAIR_BLOCK = 64 * 1024  # elements: the pair walk's eight block-sized buffers stay in a 2 MB L2 cache
+
+
+def _pair_is_finite(trims: Sequence[MagnitudeTrim | None], weight_column: torch.Tensor, dtype: torch.dtype) -> bool:
+    """Whether ``PairConsensus`` applies: two trimmed task vectors in a dtype it handles,
+    whose weighted (and rescaled) elements and their sums are finite: bounded by the trims'
+    largest magnitudes, with room for rounding."""
+    if len(trims) != 2 or dtype not in PAIR_DTYPES or any(trim is None for trim in trims):
+        return False
+    bound = 0.0
+    for trim, weight in zip(trims, weight_column[:, 0].tolist()):
+        scale = 1.0 if trim.scale is None else abs(float(trim.scale))
+        bound += trim.largest * scale * abs(weight)
+    return bound < torch.finfo(dtype).max / 4  # NaN and inf compare False
+
+
+def _pair_ties(base, others, trims, walks, weight_column, dtype, normalize, lambda_, release, out):
+    """task_arithmetic's TIES walk for two task vectors through ``PairConsensus``: the same
+    operations up to the sign election, each in place on block-sized buffers."""
+    numel = base.numel()
+    weights = weight_column[:, 0].tolist()  # values of the working dtype, exact as Python floats
+    consensus = PairConsensus(weights, dtype, normalize, min(numel, PAIR_BLOCK))
+    scratch = torch.empty((2, min(numel, PAIR_BLOCK)), dtype=dtype)
+    for start, stop in _chunks(numel, PAIR_BLOCK):
+        b = base[start:stop].to(dtype)
+        deltas = scratch[:, :stop - start]
+        for delta, other, trim, walk, weight in zip(deltas, others, trims, walks, weights):
+            torch.sub(other[start:stop].to(dtype), b, out=delta)
+            walk(delta)
+            if trim.scale is not None:
+                delta.mul_(trim.scale)
+            if weight != 1:
+                delta.mul_(weight)
+        mixed = consensus(deltas)
+        if lambda_ != 1:
+            mixed *= lambda_
+        torch.add(b, mixed, out=out[start:stop])
+        release(start, stop)
+    return out

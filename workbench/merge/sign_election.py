@@ -17,6 +17,8 @@ kept weight can sum to zero.
 
 from __future__ import annotations
 
+from typing import Sequence
+
 import torch
 
 
@@ -53,3 +55,64 @@ def sum_rows(rows: torch.Tensor) -> torch.Tensor:
     if rows.shape[0] == 2:
         return torch.add(rows[0], rows[1]).add_(0)
     return rows.sum(dim=0)
+
+
+_SAME_WIDTH_INT = {torch.bfloat16: torch.int16, torch.float16: torch.int16, torch.float32: torch.int32}
+PAIR_DTYPES = tuple(_SAME_WIDTH_INT)
+
+
+class PairConsensus:
+    """``disjoint_merge`` for exactly two weighted task vectors that are finite and whose sum
+    is finite, with the same bits, in about a third of the time: every step but the three
+    float operations (the sum that elects the sign, the sum of the kept elements, the
+    division) works on the bit patterns, in place, in scratch buffers made once per tensor.
+
+    For two elements e0, e1 mergekit's election keeps e_i where e_i * majority > 0, the
+    majority being +1 where e0 + e1 >= 0: that is, e_i is nonzero and has the sign bit of
+    the sum (the sum of two finite values is -0 only where both are zero, and its sign bit
+    is that of the larger magnitude, +0 where they cancel, as mergekit's ``>= 0`` says).
+    Dropped elements become +0, so the kept sum e0' + e1' is exactly mergekit's
+    (e0 * k0 + e1 * k1) + 0. The divisor, the sum of the kept elements' weights (1 where
+    none is kept or where both weights cancel), takes one of four values, chosen from the
+    keep masks by exclusive-or."""
+
+    def __init__(self, weights: Sequence[float], dtype: torch.dtype, normalize: bool, size: int):
+        self.dtype, self.normalize = dtype, normalize
+        self.integer = _SAME_WIDTH_INT[dtype]
+        self.shift = dtype.itemsize * 8 - 1  # the sign bit; x >> shift is -1 where it is set, else 0
+        self.magnitude = (1 << self.shift) - 1
+        column = torch.tensor(list(weights), dtype=dtype)
+        both = column.sum()  # mergekit's divisor where both are kept (its sum of kept weights)
+        one = torch.ones((), dtype=dtype)
+        patterns = [int(v) for v in torch.stack([one, column[0], column[1], both if both != 0 else one])
+                    .view(self.integer).tolist()]
+        one_bits, first, second, both_bits = patterns
+        self.first_term, self.second_term = one_bits ^ first, one_bits ^ second
+        self.both_term = one_bits ^ first ^ second ^ both_bits  # with the two above: both_bits
+        self.one_bits = one_bits
+        self.total = torch.empty(size, dtype=dtype)
+        self.keep = torch.empty((2, size), dtype=self.integer)
+        self.scratch = torch.empty((2, size), dtype=self.integer)
+
+    def __call__(self, deltas: torch.Tensor) -> torch.Tensor:
+        """The disjoint (normalized) sum of ``deltas`` (2 x n, weighted, in the working dtype;
+        overwritten), as a view of a scratch buffer valid until the next call."""
+        n = deltas.shape[1]
+        total, keep, scratch = self.total[:n], self.keep[:, :n], self.scratch[:, :n]
+        rows = deltas.view(self.integer)
+        torch.add(deltas[0], deltas[1], out=total)
+        agree = total.view(self.integer).bitwise_not_()  # sign bit set where the sum's is clear
+        for row, kept in zip(rows, keep):
+            torch.bitwise_xor(row, agree, out=kept)  # sign bit set where the row's equals the sum's
+        keep.bitwise_right_shift_(self.shift)
+        torch.bitwise_and(rows, self.magnitude, out=scratch).neg_()  # sign bit set where nonzero
+        keep.bitwise_and_(scratch.bitwise_right_shift_(self.shift))
+        rows.bitwise_and_(keep)  # dropped elements are +0
+        mixed = torch.add(deltas[0], deltas[1], out=total)
+        if not self.normalize:
+            return mixed
+        divisor, other = scratch[0], scratch[1]
+        torch.bitwise_and(keep[0], self.first_term, out=divisor).bitwise_xor_(self.one_bits)
+        divisor.bitwise_xor_(torch.bitwise_and(keep[1], self.second_term, out=other))
+        divisor.bitwise_xor_(torch.bitwise_and(keep[0], keep[1], out=other).bitwise_and_(self.both_term))
+        return mixed.div_(divisor.view(self.dtype))
