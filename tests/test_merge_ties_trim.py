@@ -217,3 +217,26 @@ def test_tensors_no_expert_changed_equal_mergekit_bit_for_bit(tmp_path, dtype, l
         expected, actual = reference.read(name), native.read(name)
         assert (base_tensors.read(name).view(bits) == torch.tensor(-0.0, dtype=torch_dtype).view(bits)).any()
         assert torch.equal(actual.view(bits), expected.view(bits)), name
+
+
+@pytest.mark.parametrize("dtype_name", list(DTYPES))
+def test_unchanged_tensor_skips_the_trims_unless_the_base_is_not_finite(monkeypatch, dtype_name):
+    """Experts holding the base's very bits: the result is base + 0 * lambda without trimming;
+    with an infinite base element the task vector there is inf - inf = NaN, so it is trimmed
+    and merged as any other (NaN comes out where mergekit's arithmetic gives NaN)."""
+    dtype = DTYPES[dtype_name]
+    trims = []
+    original = methods.magnitude_trim
+    monkeypatch.setattr(methods, "magnitude_trim", lambda *args, **kw: trims.append(1) or original(*args, **kw))
+    base, _ = realistic_pair(dtype, 0.0, numel=5_000)
+    base[::7] = -0.0
+
+    def merged():
+        return methods.task_arithmetic(base, [base.clone(), base.clone()], [1.0, 0.7], [0.5, 0.5], dtype,
+                                       sign_consensus=True, sparsify=True, normalize=True, lambda_=-1.0)
+
+    bits = {torch.float32: torch.int32}.get(dtype, torch.int16)
+    assert torch.equal(merged().view(bits), (base + (-0.0)).view(bits)) and not trims
+    base[3] = float("inf")
+    result = merged()
+    assert len(trims) == 2 and bool(torch.isnan(result[3]))

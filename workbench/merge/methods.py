@@ -375,12 +375,13 @@ def task_arithmetic(base: torch.Tensor, others: Sequence[torch.Tensor], weights:
     mean when ``sign_consensus``, divided by the summed weights when ``normalize``, scaled
     by ``lambda_`` and added back to the base. ties = sparsify + sign_consensus."""
     numel = base.numel()
+    trimmed = sparsify and all(density < 1 for density in densities)
+    if trimmed and _unchanged(base, others):
+        return _base_plus_zero(base, dtype, lambda_)
     trims = [magnitude_trim(base, other, density, dtype, rescale, release)
              if sparsify and density < 1 else None for other, density in zip(others, densities)]
     if all(trim is not None and trim.threshold == 0 and trim.ties == numel for trim in trims):
-        # Every task vector is all zeros (a tensor no fine-tune changed, as the embeddings of
-        # LoRA experts): the walk below would add a zero, +0 times lambda, to the base.
-        return torch.add(base.to(dtype), 0.0 * lambda_)
+        return _base_plus_zero(base, dtype, lambda_)
     walks = [trim.pass_() if trim is not None else None for trim in trims]
     weight_column = torch.tensor(list(weights), dtype=dtype).reshape(-1, 1)
     out = torch.empty(numel, dtype=dtype)
@@ -410,6 +411,25 @@ def task_arithmetic(base: torch.Tensor, others: Sequence[torch.Tensor], weights:
         release(start, stop)
     return out
 
+
+
+def _unchanged(base: torch.Tensor, others: Sequence[torch.Tensor]) -> bool:
+    """Whether every input holds the base's very bits and the base is finite, so that every
+    task vector is exactly zero (a tensor no fine-tune changed, as the embeddings of LoRA
+    experts): a comparison that stops at the first difference, instead of two trims."""
+    if any(other.dtype != base.dtype for other in others):
+        return False
+    integer = _SAME_WIDTH_INT.get(base.dtype, torch.int64 if base.dtype == torch.float64 else None)
+    if integer is None:
+        return False
+    bits = base.view(integer)
+    return all(torch.equal(bits, other.view(integer)) for other in others) and bool(torch.isfinite(base).all())
+
+
+def _base_plus_zero(base: torch.Tensor, dtype: torch.dtype, lambda_: float) -> torch.Tensor:
+    """What the TIES walk gives where every trimmed task vector is zero: the base plus a
+    zero, +0 times lambda (so a -0.0 of the base becomes +0.0 as in mergekit)."""
+    return torch.add(base.to(dtype), 0.0 * lambda_)
 
 
 PAIR_BLOCK = 64 * 1024  # elements: the pair walk's eight block-sized buffers stay in a 2 MB L2 cache
