@@ -240,3 +240,32 @@ def test_unchanged_tensor_skips_the_trims_unless_the_base_is_not_finite(monkeypa
     base[3] = float("inf")
     result = merged()
     assert len(trims) == 2 and bool(torch.isnan(result[3]))
+
+
+@pytest.mark.parametrize("dtype_name", list(DTYPES))
+@pytest.mark.parametrize("head", ["sparse", "dense"])
+def test_a_first_chunk_unlike_the_rest_changes_only_the_way_the_cutoff_is_found(monkeypatch, dtype_name, head):
+    """The first chunk's nonzero fraction picks which way the cut-off is looked for first (a
+    count of nonzeros, or histograms); a first chunk unlike the rest of the tensor still
+    gives the exact k-th largest magnitude."""
+    from mergekit.sparsify import magnitude
+
+    monkeypatch.setattr(methods, "_SAMPLE", 1000)
+    dtype = DTYPES[dtype_name]
+    generator = torch.Generator().manual_seed(5)
+    numel = 20_000
+    base = (0.02 * torch.randn(numel, generator=generator)).to(dtype)
+    step = 1e-4 * torch.randn(numel, generator=generator)
+    if head == "sparse":  # looks sparser than it is: the count finds too many nonzeros
+        step[:1000] = 0
+    else:  # looks denser than it is: 90% zeros after the first chunk, the cut-off at zero
+        step[1000:] *= torch.rand(numel - 1000, generator=generator) < 0.1
+    other = (base.float() + step).to(dtype)
+    delta = other - base
+    k = int(0.5 * delta.numel())
+    magnitudes = delta.abs().float()
+    kth = float(magnitudes.topk(k).values.min())
+    trim, kept = trimmed(base, other, 0.5, dtype)
+    assert (kth > 0) == (head == "sparse")
+    assert trim.threshold == kth and trim.ties_kept == k - int((magnitudes > kth).sum())
+    assert int(kept.count_nonzero()) == int(magnitude(delta, 0.5).count_nonzero())
