@@ -229,8 +229,8 @@ _SAMPLE = 64 * 1024  # elements whose task vector tells how sparse the rest is l
 def _nonzero_fraction(base: torch.Tensor, other: torch.Tensor, dtype: torch.dtype) -> float:
     """The fraction of nonzero task vector elements among the first ``_SAMPLE``."""
     stop = min(base.numel(), _SAMPLE)
-    delta = other[:stop].to(dtype) - base[:stop].to(dtype)
-    return int(delta.count_nonzero()) / max(1, stop)
+    nonzero, _ = _count_nonzero(other[:stop].to(dtype) - base[:stop].to(dtype))
+    return nonzero / max(1, stop)
 
 
 def _keep_every_nonzero(base: torch.Tensor, other: torch.Tensor, keep: int, dtype: torch.dtype,
@@ -240,15 +240,30 @@ def _keep_every_nonzero(base: torch.Tensor, other: torch.Tensor, keep: int, dtyp
     pass counting nonzeros, instead of histograms, when the first chunk says that is
     likely (fine-tunes whose task vectors are mostly exact zeros, at densities above their
     nonzero fraction); None when the count says otherwise."""
-    nonzero, largest = 0, torch.zeros((), dtype=torch.float32)
+    nonzero, largest = 0, 0.0
     for start, stop in _cache_blocks(base.numel()):
-        delta = (other[start:stop].to(dtype) - base[start:stop].to(dtype)).abs_()
-        nonzero += int(delta.count_nonzero())
-        largest = torch.maximum(largest, delta.max().float())  # NaN propagates
+        count, block_largest = _count_nonzero(other[start:stop].to(dtype) - base[start:stop].to(dtype))
+        nonzero += count
+        largest = block_largest if not block_largest <= largest else largest  # NaN sticks
         release(start, stop)
     if keep <= nonzero:
         return None
-    return MagnitudeTrim(0.0, base.numel() - nonzero, keep - nonzero, None, float(largest))
+    return MagnitudeTrim(0.0, base.numel() - nonzero, keep - nonzero, None, largest)
+
+
+_BITS_OF = {torch.bfloat16: torch.int16, torch.float16: torch.int16, torch.float32: torch.int32,
+            torch.float64: torch.int64}
+
+
+def _count_nonzero(delta: torch.Tensor) -> tuple[int, float]:
+    """How many elements of ``delta`` (overwritten) are nonzero, and the largest magnitude
+    (NaN if any is NaN): on bit patterns, several times faster than count_nonzero on floats."""
+    if delta.numel() == 0:
+        return 0, 0.0
+    integer = _BITS_OF[delta.dtype]
+    bits = delta.view(integer).bitwise_and_(torch.iinfo(integer).max)  # |x|, ordered as the values
+    largest = float(bits.max().reshape(1).view(delta.dtype))
+    return int(bits.clamp_(max=1).sum()), largest
 
 
 _HALF_WIDTH = (torch.bfloat16, torch.float16)
