@@ -425,12 +425,12 @@ def task_arithmetic(base: torch.Tensor, others: Sequence[torch.Tensor], weights:
     if numel == 0:
         return torch.empty(0, dtype=dtype)
     trimmed = sparsify and all(density < 1 for density in densities)
-    if trimmed and _unchanged(base, others):
-        return _base_plus_zero(base, dtype, lambda_)
+    if trimmed and _unchanged(base, others, release):
+        return _base_plus_zero(base, dtype, lambda_, release)
     trims = [magnitude_trim(base, other, density, dtype, rescale, release)
              if sparsify and density < 1 else None for other, density in zip(others, densities)]
     if all(trim is not None and trim.threshold == 0 and trim.ties == numel for trim in trims):
-        return _base_plus_zero(base, dtype, lambda_)
+        return _base_plus_zero(base, dtype, lambda_, release)
     walks = [trim.pass_() if trim is not None else None for trim in trims]
     weight_column = torch.tensor(list(weights), dtype=dtype).reshape(-1, 1)
     out = torch.empty(numel, dtype=dtype)
@@ -462,23 +462,31 @@ def task_arithmetic(base: torch.Tensor, others: Sequence[torch.Tensor], weights:
 
 
 
-def _unchanged(base: torch.Tensor, others: Sequence[torch.Tensor]) -> bool:
+def _unchanged(base: torch.Tensor, others: Sequence[torch.Tensor], release: Release) -> bool:
     """Whether every input holds the base's very bits and the base is finite, so that every
     task vector is exactly zero (a tensor no fine-tune changed, as the embeddings of LoRA
-    experts): a comparison that stops at the first difference, instead of two trims."""
-    if any(other.dtype != base.dtype for other in others):
+    experts): a comparison chunk by chunk that stops at the first difference, instead of
+    two trims."""
+    if any(other.dtype != base.dtype for other in others) or base.dtype not in _BITS_OF:
         return False
-    integer = _SAME_WIDTH_INT.get(base.dtype, torch.int64 if base.dtype == torch.float64 else None)
-    if integer is None:
-        return False
-    bits = base.view(integer)
-    return all(torch.equal(bits, other.view(integer)) for other in others) and bool(torch.isfinite(base).all())
+    integer = _BITS_OF[base.dtype]
+    for start, stop in _chunks(base.numel()):
+        bits = base[start:stop].view(integer)
+        same = all(torch.equal(bits, other[start:stop].view(integer)) for other in others)
+        if not same or not bool(torch.isfinite(base[start:stop]).all()):
+            return False
+        release(start, stop)
+    return True
 
 
-def _base_plus_zero(base: torch.Tensor, dtype: torch.dtype, lambda_: float) -> torch.Tensor:
+def _base_plus_zero(base: torch.Tensor, dtype: torch.dtype, lambda_: float, release: Release) -> torch.Tensor:
     """What the TIES walk gives where every trimmed task vector is zero: the base plus a
     zero, +0 times lambda (so a -0.0 of the base becomes +0.0 as in mergekit)."""
-    return torch.add(base.to(dtype), 0.0 * lambda_)
+    out = torch.empty(base.numel(), dtype=dtype)
+    for start, stop in _chunks(base.numel()):
+        torch.add(base[start:stop].to(dtype), 0.0 * lambda_, out=out[start:stop])
+        release(start, stop)
+    return out
 
 
 PAIR_BLOCK = 64 * 1024  # elements: the pair walk's eight block-sized buffers stay in a 2 MB L2 cache
