@@ -55,7 +55,7 @@ def pair_calls(monkeypatch):
 @pytest.mark.parametrize("weights", [[1.0, 0.7], [0.3, -1.0], [1.0, -1.0]])
 @pytest.mark.parametrize("dtype_name", list(DTYPES))
 def test_two_model_walk_equals_general_walk_bit_for_bit(monkeypatch, pair_calls, dtype_name, weights, options):
-    monkeypatch.setattr(methods, "PAIR_BLOCK", 7_000)  # several blocks, the last one short
+    monkeypatch.setattr(methods, "PAIR_BLOCK_BYTES", 14_000)  # several blocks, the last one short
     dtype = DTYPES[dtype_name]
     base, others = realistic_inputs(dtype)
     trim = methods.magnitude_trim(base, others[0], 0.3, dtype)

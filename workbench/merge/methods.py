@@ -489,7 +489,7 @@ def _base_plus_zero(base: torch.Tensor, dtype: torch.dtype, lambda_: float, rele
     return out
 
 
-PAIR_BLOCK = 64 * 1024  # elements: the pair walk's eight block-sized buffers stay in a 2 MB L2 cache
+PAIR_BLOCK_BYTES = 128 * 1024  # per row of a block: the pair walk's buffers and inputs stay in a 2 MB L2 cache
 
 
 def _pair_is_finite(trims: Sequence[MagnitudeTrim | None], weight_column: torch.Tensor, dtype: torch.dtype) -> bool:
@@ -507,24 +507,29 @@ def _pair_is_finite(trims: Sequence[MagnitudeTrim | None], weight_column: torch.
 
 def _pair_ties(base, others, trims, walks, weight_column, dtype, normalize, lambda_, release, out):
     """task_arithmetic's TIES walk for two task vectors through ``PairConsensus``: the same
-    operations up to the sign election, each in place on block-sized buffers."""
+    operations up to the sign election, each in place on block-sized buffers. Input pages
+    are released every ``CACHE_BLOCK`` elements (a system call per input each time)."""
     numel = base.numel()
     weights = weight_column[:, 0].tolist()  # values of the working dtype, exact as Python floats
-    consensus = PairConsensus(weights, dtype, normalize, min(numel, PAIR_BLOCK))
-    scratch = torch.empty((2, min(numel, PAIR_BLOCK)), dtype=dtype)
-    for start, stop in _chunks(numel, PAIR_BLOCK):
+    block = PAIR_BLOCK_BYTES // dtype.itemsize
+    consensus = PairConsensus(weights, dtype, normalize, min(numel, block))
+    steps = [(trim.scale, weight if weight != 1 else None) for trim, weight in zip(trims, weights)]
+    released = 0
+    for start, stop in _chunks(numel, block):
         b = base[start:stop].to(dtype)
-        deltas = scratch[:, :stop - start]
-        for delta, other, trim, walk, weight in zip(deltas, others, trims, walks, weights):
+        deltas = consensus.deltas(stop - start)
+        for delta, other, walk, (scale, weight) in zip(deltas, others, walks, steps):
             torch.sub(other[start:stop].to(dtype), b, out=delta)
             walk(delta)
-            if trim.scale is not None:
-                delta.mul_(trim.scale)
-            if weight != 1:
+            if scale is not None:
+                delta.mul_(scale)
+            if weight is not None:
                 delta.mul_(weight)
-        mixed = consensus(deltas)
+        mixed = consensus(stop - start)
         if lambda_ != 1:
             mixed *= lambda_
         torch.add(b, mixed, out=out[start:stop])
-        release(start, stop)
+        if stop - released >= CACHE_BLOCK or stop == numel:
+            release(released, stop)
+            released = stop
     return out
