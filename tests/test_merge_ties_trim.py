@@ -146,14 +146,18 @@ def test_cutoff_at_zero_keeps_every_nonzero_delta(dtype_name):
     assert torch.equal(kept, magnitude(delta, 0.5))
 
 
+@pytest.mark.parametrize("way", ["radix", "selection"])
 @pytest.mark.parametrize("case", ["shared-high-halves", "subnormals-at-zero-cutoff", "ties-across-chunks"])
-def test_float32_cutoff_is_the_exact_kth_largest(monkeypatch, case):
-    """The float32 cut-off comes from two histograms (high halves of the bit patterns, then
-    low halves within the cut-off's high half): it is the exact k-th largest magnitude, with
-    its tie count, where many magnitudes share their high half, where the cut-off's bin also
-    holds zeros and subnormals, and where tied values are spread over chunks."""
+def test_float32_cutoff_is_the_exact_kth_largest(monkeypatch, case, way):
+    """The float32 cut-off, from two histograms (high halves of the bit patterns, then low
+    halves within the cut-off's high half) or by selection in place (task vectors with few
+    zeros), is the exact k-th largest magnitude, with its tie count, where many magnitudes
+    share their high half, where the cut-off's bin also holds zeros and subnormals, and
+    where tied values are spread over chunks."""
     monkeypatch.setattr(methods, "CHUNK", 1000)
     monkeypatch.setattr(methods, "CACHE_BLOCK", 1000)
+    monkeypatch.setattr(methods, "_DENSE", 1.0 if way == "radix" else -1.0)
+    monkeypatch.setattr(methods, "_SAMPLE", 1)  # the first element is nonzero: no shortcut by counting
     generator = torch.Generator().manual_seed(4)
     numel, density = 10_500, 0.3
     base = torch.zeros(numel)
