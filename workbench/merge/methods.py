@@ -18,10 +18,10 @@ Coefficients (linear weights, slerp's t) are float64 for float64 merges, float32
 as mergekit's batched parameters are.
 
 TIES' magnitude trim keeps exactly k = max(1, int(density * numel)) elements per tensor,
-as mergekit does, with the cut-off found in O(n) from histograms of magnitudes' bit patterns
-(one over all 2^15 patterns for bfloat16 and float16; for float32 and float64, whose
-magnitudes mergekit compares in float32, one over the high 16 bits, then one over the low
-16 bits within the cut-off's high half) instead of a full argsort. Where
+as mergekit does, with the cut-off found in O(n) instead of a full argsort: by counting
+nonzeros where the trim keeps all of them, else from a histogram of bit patterns (bfloat16,
+float16), by selection in place (float32/float64 task vectors with few zeros) or from two
+histograms of the bit patterns' halves (mostly-zero float32/float64 ones). Where
 several magnitudes tie at the cut-off value (common in bfloat16 and float16, whose task
 vectors take few distinct values), mergekit keeps an arbitrary subset (unstable argsort);
 here the first tied elements in flat index order are kept, so the result is deterministic
@@ -206,11 +206,14 @@ def magnitude_trim(base: torch.Tensor, other: torch.Tensor, density: float, dtyp
 
     mergekit breaks ties at the cut-off by an unstable argsort; here the first ones by flat
     index are kept, so the kept count is exactly k and the result deterministic. The cut-off
-    is found in O(n) from histograms of the magnitudes' bit patterns (ordered as the values
-    are), reading the inputs chunk by chunk with no tensor-sized scratch: bfloat16/float16
-    in one pass over their 2^15 patterns (selection by partitioning is slow on such data,
-    whose few distinct values repeat millions of times), float32/float64 (compared in
-    float32) in two, the high halves of the patterns first.
+    is found in O(n), reading the inputs chunk by chunk: where the density exceeds the task
+    vector's nonzero fraction (as the first chunk suggests), by counting nonzeros; else
+    from histograms of the magnitudes' bit patterns (ordered as the values are), with no
+    tensor-sized scratch: bfloat16/float16 in one pass over their 2^15 patterns (selection
+    by partitioning is slow on such data, whose few distinct values repeat millions of
+    times), float32/float64 (compared in float32) in two, the high halves first; or, for
+    float32/float64 task vectors with few zeros, by numpy's introselect in one float32
+    buffer (faster there than two histogram passes).
     """
     numel = base.numel()
     keep = max(1, int(density * numel))
