@@ -35,13 +35,17 @@ def trimmed(base, other, density, dtype):
     return trim, delta
 
 
+@pytest.mark.parametrize("cache_block", [methods.CACHE_BLOCK, 10_000])
 @pytest.mark.parametrize("chunk", [methods.CHUNK, 7_000])
 @pytest.mark.parametrize("zero_fraction,density", [(0.0, 0.2), (0.0, 0.5), (0.05, 0.5), (0.7, 0.1), (0.7, 0.2)])
 @pytest.mark.parametrize("dtype_name", list(DTYPES))
-def test_trim_keeps_exactly_k_like_mergekit(monkeypatch, dtype_name, zero_fraction, density, chunk):
+def test_trim_keeps_exactly_k_like_mergekit(monkeypatch, dtype_name, zero_fraction, density, chunk, cache_block):
+    """... with the walk in chunks that do or do not line up with the histogram's blocks,
+    whose per-block counts (several blocks) tell where the kept ties end."""
     from mergekit.sparsify import magnitude
 
     monkeypatch.setattr(methods, "CHUNK", chunk)
+    monkeypatch.setattr(methods, "CACHE_BLOCK", cache_block)
     dtype = DTYPES[dtype_name]
     base, other = realistic_pair(dtype, zero_fraction)
     trim, kept = trimmed(base, other, density, dtype)
@@ -49,6 +53,10 @@ def test_trim_keeps_exactly_k_like_mergekit(monkeypatch, dtype_name, zero_fracti
     assert trim.threshold > 0  # so every kept element is nonzero and counting nonzeros counts them
     if dtype != torch.float32:
         assert trim.ties > trim.ties_kept > 0  # the case that matters: ties cut at the threshold
+        tied = (other - base).abs().float() == trim.threshold
+        ties_through = torch.stack([part.sum() for part in tied.split(min(chunk, cache_block))]).cumsum(0)
+        whole = int((ties_through <= trim.ties_kept).sum())  # leading histogram blocks whose ties are all kept
+        assert trim.ties_kept_until == whole * min(chunk, cache_block)
     reference = magnitude(other - base, density)
     assert int(kept.count_nonzero()) == int(reference.count_nonzero()) == k
     # Kept values are the task vector's own, and agree with mergekit off the cut-off value.

@@ -145,13 +145,17 @@ class MagnitudeTrim:
     in); every element above it survives, and of the ``ties`` elements equal to it the first
     ``ties_kept`` in flat index order. ``scale`` is the ``rescale`` factor
     L1(task vector) / L1(kept elements), or None. ``largest`` bounds every magnitude from
-    above (inf or NaN where some element is not finite)."""
+    above (inf or NaN where some element is not finite). Where known, every tie in the first
+    ``ties_kept_until`` elements is kept, and they hold ``ties_before`` ties: a walk needs
+    not count ties there."""
 
     threshold: float
     ties: int
     ties_kept: int
     scale: torch.Tensor | None
     largest: float
+    ties_kept_until: int = 0
+    ties_before: int = 0
 
     def pass_(self) -> "_TrimPass":
         """A trimmer for one walk over the tensor, chunk after chunk in ascending order."""
@@ -163,12 +167,21 @@ class _TrimPass:
 
     def __init__(self, trim: MagnitudeTrim):
         self.trim = trim
-        self.ties_left = trim.ties_kept
+        self.ties_left = trim.ties_kept - trim.ties_before  # beyond ties_kept_until
+        self.position = 0
 
     def __call__(self, delta: torch.Tensor) -> None:
+        start = self.position
+        self.position += delta.numel()
         threshold = self.trim.threshold
         if threshold <= 0:  # the cut-off is zero: whichever zeros are "kept", they stay zero
             return
+        all_ties_kept = min(delta.numel(), self.trim.ties_kept_until - start)
+        if all_ties_kept > 0:
+            _zero_below(delta[:all_ties_kept], threshold)
+            delta = delta[all_ties_kept:]
+            if delta.numel() == 0:
+                return
         if self.ties_left == 0:
             _zero_at_most(delta, threshold)
             return
@@ -273,15 +286,23 @@ def _count_nonzero(delta: torch.Tensor) -> tuple[int, float]:
 
 
 _HALF_WIDTH = (torch.bfloat16, torch.float16)
+# Tensors of up to this many cache blocks keep each block's histogram (128 KB each) so the
+# walk knows where the kept ties end and compares magnitudes with the cut-off only there.
+_TIE_BLOCKS = 32
 _PATTERNS = 1 << 15  # bit patterns of a non-negative 16-bit float, in the order of their values
 
 
 def _histogram_trim(base: torch.Tensor, other: torch.Tensor, keep: int, dtype: torch.dtype, rescale: bool,
                     release: Release) -> MagnitudeTrim:
+    blocks = list(_cache_blocks(base.numel()))
     counts = torch.zeros(_PATTERNS, dtype=torch.int64)
-    for start, stop in _cache_blocks(base.numel()):
+    per_block = torch.empty((len(blocks), _PATTERNS), dtype=torch.int32) if len(blocks) <= _TIE_BLOCKS else None
+    for i, (start, stop) in enumerate(blocks):
         delta = other[start:stop].to(dtype) - base[start:stop].to(dtype)
-        counts += torch.bincount(delta.abs_().view(torch.int16), minlength=_PATTERNS)
+        block_counts = torch.bincount(delta.abs_().view(torch.int16), minlength=_PATTERNS)
+        counts += block_counts
+        if per_block is not None:
+            per_block[i] = block_counts
         release(start, stop)
     from_top = counts.flip(0).cumsum(0)
     cut = _PATTERNS - 1 - int(torch.searchsorted(from_top, keep))  # the keep-th largest's pattern
@@ -289,6 +310,11 @@ def _histogram_trim(base: torch.Tensor, other: torch.Tensor, keep: int, dtype: t
     threshold = float(torch.tensor([cut], dtype=torch.int16).view(dtype))
     largest = float(torch.tensor([_last_nonzero(counts)], dtype=torch.int16).view(dtype))
     trim = MagnitudeTrim(threshold, int(counts[cut]), keep - above, None, largest)
+    if per_block is not None and 0 < trim.ties_kept < trim.ties and threshold > 0:
+        ties_through = per_block[:, cut].cumsum(0)  # ties in blocks 0..i
+        whole = int(torch.searchsorted(ties_through, trim.ties_kept, right=True))  # blocks whose ties are all kept
+        if whole:
+            trim.ties_kept_until, trim.ties_before = blocks[whole - 1][1], int(ties_through[whole - 1])
     if rescale and threshold > 0:
         present = counts.nonzero().reshape(-1)
         values = present.to(torch.int16).view(dtype).double()
