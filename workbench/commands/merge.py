@@ -6,6 +6,8 @@ import time
 
 import click
 
+from workbench.heavy_imports import paused_collector
+
 
 @click.command("merge")
 @click.argument("config", type=click.Path(dir_okay=False, path_type=str))
@@ -22,7 +24,8 @@ def merge(config: str, out_dir: str, backend: str, overwrite: bool) -> None:
     are checked before any tensor is read; OUT_DIR appears only once complete, with the
     tokenizer, chat template, a README model card and workbench.json lineage.
     """
-    from workbench.merge import run
+    with paused_collector():
+        from workbench.merge import run
 
     start = time.perf_counter()
     ckpt = run(config, out_dir, backend=backend, overwrite=overwrite, progress=True)
