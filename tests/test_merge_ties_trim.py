@@ -281,3 +281,16 @@ def test_a_first_chunk_unlike_the_rest_changes_only_the_way_the_cutoff_is_found(
     assert (kth > 0) == (head == "sparse")
     assert trim.threshold == kth and trim.ties_kept == k - int((magnitudes > kth).sum())
     assert int(kept.count_nonzero()) == int(magnitude(delta, 0.5).count_nonzero())
+
+
+@pytest.mark.parametrize("way", ["radix", "selection"])
+def test_float32_rescale_is_l1_over_the_kept_l1(monkeypatch, way):
+    """rescale's factor on float32 task vectors, by either way of finding the cut-off:
+    L1(task vector) / L1(exactly the k kept elements), to float32 rounding."""
+    monkeypatch.setattr(methods, "_DENSE", 1.0 if way == "radix" else -1.0)
+    base, other = realistic_pair(torch.float32, 0.7)
+    trim = methods.magnitude_trim(base, other, 0.2, torch.float32, rescale=True)
+    _, kept = trimmed(base, other, 0.2, torch.float32)
+    delta = other - base
+    expected = delta.abs().double().sum() / kept.abs().double().sum()
+    assert trim.scale is not None and abs(float(trim.scale) / float(expected) - 1) < 1e-6
