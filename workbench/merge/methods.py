@@ -19,7 +19,8 @@ as mergekit's batched parameters are.
 
 TIES' magnitude trim keeps exactly k = max(1, int(density * numel)) elements per tensor,
 as mergekit does, with the cut-off found in O(n) instead of a full argsort: by counting
-nonzeros where the trim keeps all of them, else from a histogram of bit patterns (bfloat16,
+nonzeros where the trim keeps all of them (during the TIES walk itself, which merges the
+tensor again where the count disagrees), else from a histogram of bit patterns (bfloat16,
 float16), by selection in place (float32/float64 task vectors with few zeros) or from two
 histograms of the bit patterns' halves (mostly-zero float32/float64 ones). Where
 several magnitudes tie at the cut-off value (common in bfloat16 and float16, whose task
@@ -229,7 +230,7 @@ def magnitude_trim(base: torch.Tensor, other: torch.Tensor, density: float, dtyp
     buffer (faster there than two histogram passes).
     """
     numel = base.numel()
-    keep = max(1, int(density * numel))
+    keep = _kept_count(density, numel)
     nonzero_fraction = _nonzero_fraction(base, other, dtype)
     if nonzero_fraction < keep / numel:
         trim = _keep_every_nonzero(base, other, keep, dtype, release)
@@ -240,6 +241,11 @@ def magnitude_trim(base: torch.Tensor, other: torch.Tensor, density: float, dtyp
     if nonzero_fraction > _DENSE:
         return _selection_trim(base, other, keep, dtype, rescale, release)
     return _radix_trim(base, other, keep, dtype, rescale, release)
+
+
+def _kept_count(density: float, numel: int) -> int:
+    """k, the number of elements TIES' trim keeps (mergekit's rounding)."""
+    return max(1, int(density * numel))
 
 
 _SAMPLE = 64 * 1024  # elements whose task vector tells how sparse the rest is likely to be
@@ -270,6 +276,35 @@ def _keep_every_nonzero(base: torch.Tensor, other: torch.Tensor, keep: int, dtyp
     return MagnitudeTrim(0.0, base.numel() - nonzero, keep - nonzero, None, largest)
 
 
+class _NonzeroCount:
+    """A trim taken on trust while the walk runs: the first chunk says the trim keeps every
+    nonzero element (it drops nothing), so instead of a pass that counts nonzeros before
+    the walk, the walk counts them as it goes (its pass leaves the task vector as it is).
+    ``resolved()`` afterwards says whether the trust was right: the trim a counting pass
+    would have found, or None (the tensor is then merged again with its trims found first)."""
+
+    scale = None  # no rescale: a trim that drops nothing has nothing to rescale
+
+    def __init__(self, numel: int, keep: int):
+        self.numel, self.keep = numel, keep
+        self.nonzero, self.largest = 0, 0.0
+
+    def pass_(self) -> "_NonzeroCount":
+        return self
+
+    def __call__(self, delta: torch.Tensor) -> None:
+        integer = _BITS_OF[delta.dtype]
+        count, largest = _count_magnitudes(torch.bitwise_and(delta.view(integer), torch.iinfo(integer).max),
+                                           delta.dtype)
+        self.nonzero += count
+        self.largest = largest if not largest <= self.largest else self.largest  # NaN sticks
+
+    def resolved(self) -> MagnitudeTrim | None:
+        if self.keep <= self.nonzero:
+            return None
+        return MagnitudeTrim(0.0, self.numel - self.nonzero, self.keep - self.nonzero, None, self.largest)
+
+
 _BITS_OF = {torch.bfloat16: torch.int16, torch.float16: torch.int16, torch.float32: torch.int32,
             torch.float64: torch.int64}
 
@@ -277,12 +312,16 @@ _BITS_OF = {torch.bfloat16: torch.int16, torch.float16: torch.int16, torch.float
 def _count_nonzero(delta: torch.Tensor) -> tuple[int, float]:
     """How many elements of ``delta`` (overwritten) are nonzero, and the largest magnitude
     (NaN if any is NaN): on bit patterns, several times faster than count_nonzero on floats."""
-    if delta.numel() == 0:
-        return 0, 0.0
     integer = _BITS_OF[delta.dtype]
-    bits = delta.view(integer).bitwise_and_(torch.iinfo(integer).max)  # |x|, ordered as the values
-    largest = float(bits.max().reshape(1).view(delta.dtype))
-    return int(bits.clamp_(max=1).sum()), largest
+    return _count_magnitudes(delta.view(integer).bitwise_and_(torch.iinfo(integer).max), delta.dtype)
+
+
+def _count_magnitudes(bits: torch.Tensor, dtype: torch.dtype) -> tuple[int, float]:
+    """_count_nonzero on magnitudes' bit patterns, ordered as the values (count_nonzero on
+    integers: 0.3 ns/element in bfloat16, against 0.4 for clamping and summing)."""
+    if bits.numel() == 0:
+        return 0, 0.0
+    return int(torch.count_nonzero(bits)), float(bits.max().reshape(1).view(dtype))
 
 
 _HALF_WIDTH = (torch.bfloat16, torch.float16)
@@ -491,26 +530,37 @@ def _magnitudes_equal(delta: torch.Tensor, threshold: float) -> torch.Tensor:
 def task_arithmetic(base: torch.Tensor, others: Sequence[torch.Tensor], weights: Sequence[float],
                     densities: Sequence[float], dtype: torch.dtype, *, sign_consensus: bool,
                     sparsify: bool, normalize: bool, lambda_: float = 1.0, rescale: bool = False,
-                    release: Release = _keep) -> torch.Tensor:
+                    release: Release = _keep, trust: bool = True) -> torch.Tensor:
     """Task vectors (other - base), magnitude-trimmed to ``density`` when ``sparsify``,
     weighted, with TIES' sign election ('sum': the sign of the weighted sum) and disjoint
     mean when ``sign_consensus``, divided by the summed weights when ``normalize``, scaled
-    by ``lambda_`` and added back to the base. ties = sparsify + sign_consensus."""
+    by ``lambda_`` and added back to the base. ties = sparsify + sign_consensus.
+
+    With ``trust``, a trim that the first chunk says keeps every nonzero element is
+    checked by the walk itself (``_NonzeroCount``); where the check fails the tensor is
+    merged again without trust, so the result is always the one the trims give."""
     numel = base.numel()
     if numel == 0:
         return torch.empty(0, dtype=dtype)
     trimmed = sparsify and all(density < 1 for density in densities)
     if trimmed and _unchanged(base, others, release):
         return _base_plus_zero(base, dtype, lambda_, release)
-    trims = [magnitude_trim(base, other, density, dtype, rescale, release)
+    trims = [_trim_or_count(base, other, density, dtype, rescale, release, trust)
              if sparsify and density < 1 else None for other, density in zip(others, densities)]
-    if all(trim is not None and trim.threshold == 0 and trim.ties == numel for trim in trims):
+    if all(isinstance(trim, MagnitudeTrim) and trim.threshold == 0 and trim.ties == numel for trim in trims):
         return _base_plus_zero(base, dtype, lambda_, release)
     walks = [trim.pass_() if trim is not None else None for trim in trims]
+
+    def again() -> torch.Tensor:
+        return task_arithmetic(base, others, weights, densities, dtype, sign_consensus=sign_consensus,
+                               sparsify=sparsify, normalize=normalize, lambda_=lambda_, rescale=rescale,
+                               release=release, trust=False)
+
     weight_column = torch.tensor(list(weights), dtype=dtype).reshape(-1, 1)
     out = torch.empty(numel, dtype=dtype)
     if sign_consensus and _pair_is_finite(trims, weight_column, dtype):
-        return _pair_ties(base, others, trims, walks, weight_column, dtype, normalize, lambda_, release, out)
+        _pair_ties(base, others, trims, walks, weight_column, dtype, normalize, lambda_, release, out)
+        return _checked(out, trims, lambda found: _pair_is_finite(found, weight_column, dtype), again)
     for start, stop in _cache_blocks(numel):
         b = base[start:stop].to(dtype)
         deltas = torch.empty((len(others), stop - start), dtype=dtype)
@@ -533,8 +583,34 @@ def task_arithmetic(base: torch.Tensor, others: Sequence[torch.Tensor], weights:
             mixed *= lambda_
         torch.add(b, mixed, out=out[start:stop])
         release(start, stop)
-    return out
+    return _checked(out, trims, lambda found: True, again)
 
+
+
+def _trim_or_count(base: torch.Tensor, other: torch.Tensor, density: float, dtype: torch.dtype, rescale: bool,
+                   release: Release, trust: bool) -> MagnitudeTrim | _NonzeroCount:
+    """magnitude_trim, or with ``trust`` a count for the walk to make where the first chunk
+    says the trim keeps every nonzero element."""
+    keep = _kept_count(density, base.numel())
+    if trust and _nonzero_fraction(base, other, dtype) < keep / base.numel():
+        return _NonzeroCount(base.numel(), keep)
+    return magnitude_trim(base, other, density, dtype, rescale, release)
+
+
+def _checked(out: torch.Tensor, trims: Sequence[MagnitudeTrim | _NonzeroCount | None],
+             fits: Callable[[Sequence[MagnitudeTrim | None]], bool], again: Callable[[], torch.Tensor]) -> torch.Tensor:
+    """``out``, if every trim the walk counted keeps every nonzero element after all and
+    the trims as found still ``fit`` the way ``out`` was computed; else ``again()``. (Task
+    vectors that are all zero go again too, to the base-plus-zero shortcut.)"""
+    if not any(isinstance(trim, _NonzeroCount) for trim in trims):
+        return out
+    found = [trim.resolved() if isinstance(trim, _NonzeroCount) else trim for trim in trims]
+    counted_right = all(trim is not None for trim, was in zip(found, trims) if isinstance(was, _NonzeroCount))
+    if not counted_right or not fits(found):
+        return again()
+    if all(trim is not None and trim.threshold == 0 and trim.ties == out.numel() for trim in found):
+        return again()
+    return out
 
 
 def _unchanged(base: torch.Tensor, others: Sequence[torch.Tensor], release: Release) -> bool:
