@@ -2,7 +2,11 @@
 counts the nonzeros itself (``_NonzeroCount``) instead of a pass before it. The merged
 tensor has the same bits as without trust (trims found first, the way pinned to mergekit),
 whether the trust was right, or wrong because the first chunk misled (a tensor sparse at its
-start only), a task vector is not finite past the first chunk, or every task vector is zero."""
+start only), a task vector is not finite past the first chunk, or every task vector is zero.
+
+float32 pairs likewise fold the trim's second histogram pass into the walk (``_PendingCut``):
+the cut-off settled from the elements the walk left undecided is the exact k-th largest
+magnitude, with its ties, even where many magnitudes are equal near it."""
 
 from __future__ import annotations
 
@@ -108,3 +112,61 @@ def test_all_zero_task_vectors_take_the_base_plus_zero_way(merged_again):
     assert merged_again() == 1
     assert_same_bits(trusted, merge(working, others, torch.bfloat16, [0.5, 0.5], trust=False))
     assert not torch.signbit(trusted[::7]).any()  # base -0.0 plus zero is +0.0, as in mergekit
+
+
+def tied_float32_pair(numel=200_000, seed=0):
+    """A base ~N(0, 0.02) on a coarse grid and two task vectors, 60% zeros, whose nonzero
+    magnitudes take 40 neighbouring float32 values (one high half of the bit pattern), so
+    the cut-off's bin holds every nonzero element and thousands tie at the cut-off."""
+    generator = torch.Generator().manual_seed(seed)
+    base = torch.round(0.02 * torch.randn(numel, generator=generator) * 2**12) / 2**12
+    others = []
+    for _ in range(2):
+        patterns = 0x3A800000 + torch.randint(0, 40, (numel,), generator=generator, dtype=torch.int32)
+        delta = patterns.view(torch.float32) * torch.where(torch.rand(numel, generator=generator) < 0.5, -1, 1)
+        delta *= torch.rand(numel, generator=generator) >= 0.6
+        others.append(base + delta)
+    return base, others
+
+
+@pytest.fixture
+def settled(monkeypatch):
+    """The trims the walk settled."""
+    trims = []
+    original = methods._PendingCut.settle
+
+    def noting(self, deltas):
+        trims.append(original(self, deltas))
+        return trims[-1]
+
+    monkeypatch.setattr(methods._PendingCut, "settle", noting)
+    return trims
+
+
+@pytest.mark.parametrize("block_bytes", [methods.PAIR_BLOCK_BYTES, 4096])
+@pytest.mark.parametrize("densities", [(0.2, 0.1), (0.3, 0.05), (0.2, 0.9)])
+def test_folded_cutoff_is_the_exact_kth_largest(monkeypatch, settled, densities, block_bytes):
+    """... for both task vectors, or one (density 0.9 keeps every nonzero element: counted; weighted 0.7, so the walked values differ from the raw ones)."""
+    monkeypatch.setattr(methods, "PAIR_BLOCK_BYTES", block_bytes)
+    base, others = tied_float32_pair()
+    folded = merge(base, others, torch.float32, list(densities), trust=True)
+    folded_ones = [(other, density) for other, density in zip(others, densities) if density < 0.4]
+    assert len(settled) == len(folded_ones)
+    for trim, (other, density) in zip(settled, folded_ones):
+        magnitudes = (other - base).abs()
+        k = int(density * base.numel())
+        kth = float(magnitudes.sort(descending=True).values[k - 1])
+        assert trim.threshold == kth
+        assert trim.ties == int((magnitudes == kth).sum()) > 1000
+        assert trim.ties_kept == k - int((magnitudes > kth).sum())
+    assert_same_bits(folded, merge(base, others, torch.float32, list(densities), trust=False))
+
+
+def test_folded_cutoff_with_a_non_finite_task_vector_merges_again(merged_again):
+    """An infinite task vector element: the pair walk cannot take the tensor, and only the
+    pair walk settles a folded cut-off, so the tensor is merged again with its trims found."""
+    base, others = tied_float32_pair()
+    others[0][-3] = float("inf")
+    folded = merge(base, others, torch.float32, [0.2, 0.1], trust=True)
+    assert merged_again() == 1
+    assert_same_bits(folded, merge(base, others, torch.float32, [0.2, 0.1], trust=False))

@@ -22,7 +22,8 @@ as mergekit does, with the cut-off found in O(n) instead of a full argsort: by c
 nonzeros where the trim keeps all of them (during the TIES walk itself, which merges the
 tensor again where the count disagrees), else from a histogram of bit patterns (bfloat16,
 float16), by selection in place (float32/float64 task vectors with few zeros) or from two
-histograms of the bit patterns' halves (mostly-zero float32/float64 ones). Where
+histograms of the bit patterns' halves (mostly-zero float32/float64 ones; for two float32
+task vectors without rescale, the second histogram is folded into the TIES walk). Where
 several magnitudes tie at the cut-off value (common in bfloat16 and float16, whose task
 vectors take few distinct values), mergekit keeps an arbitrary subset (unstable argsort);
 here the first tied elements in flat index order are kept, so the result is deterministic
@@ -229,10 +230,14 @@ def magnitude_trim(base: torch.Tensor, other: torch.Tensor, density: float, dtyp
     float32/float64 task vectors with few zeros, by numpy's introselect in one float32
     buffer (faster there than two histogram passes).
     """
-    numel = base.numel()
-    keep = _kept_count(density, numel)
-    nonzero_fraction = _nonzero_fraction(base, other, dtype)
-    if nonzero_fraction < keep / numel:
+    keep = _kept_count(density, base.numel())
+    return _trim(base, other, keep, _nonzero_fraction(base, other, dtype), dtype, rescale, release)
+
+
+def _trim(base: torch.Tensor, other: torch.Tensor, keep: int, nonzero_fraction: float, dtype: torch.dtype,
+          rescale: bool, release: Release) -> MagnitudeTrim:
+    """magnitude_trim, once the first chunk's nonzero fraction is known."""
+    if nonzero_fraction < keep / base.numel():
         trim = _keep_every_nonzero(base, other, keep, dtype, release)
         if trim is not None:
             return trim
@@ -411,11 +416,33 @@ _HIGH = 1 << 15  # high halves (16 bits) of a non-negative float32's bit pattern
 _LOW = 1 << 16  # low halves
 
 
-def _radix_trim(base: torch.Tensor, other: torch.Tensor, keep: int, dtype: torch.dtype, rescale: bool,
-                release: Release) -> MagnitudeTrim:
-    """float32 magnitudes (float64 ones rounded to float32, as mergekit compares them):
-    a histogram of the high halves of their bit patterns finds the cut-off's high half,
-    a second one of the low halves within that high half finds the cut-off itself."""
+@dataclass
+class _HighCut:
+    """What the first histogram (high halves of the bit patterns) tells of a float32 cut-off."""
+
+    keep: int
+    cut_high: int  # the cut-off's high half: its patterns are lowest ... lowest + _LOW - 1
+    above_high: int  # magnitudes in higher bins, all kept
+    largest: float
+    wide_sum: torch.Tensor  # rescale: L1 summed in float64
+
+    @property
+    def lowest(self) -> int:
+        return self.cut_high << 16
+
+    def trim(self, within: torch.Tensor) -> MagnitudeTrim:
+        """The trim, from the counts of the bin's patterns (lowest + i at [i])."""
+        within_from_top = within.flip(0).cumsum(0)
+        index = int(torch.searchsorted(within_from_top, self.keep - self.above_high))
+        cut = self.lowest + _LOW - 1 - index
+        above = self.above_high + (int(within_from_top[index - 1]) if index else 0)
+        threshold = float(torch.tensor([cut], dtype=torch.int32).view(torch.float32))
+        return MagnitudeTrim(threshold, int(within[cut - self.lowest]), self.keep - above, None, self.largest)
+
+
+def _high_cut(base: torch.Tensor, other: torch.Tensor, keep: int, dtype: torch.dtype, rescale: bool,
+              release: Release) -> _HighCut:
+    """The first histogram pass of ``_radix_trim``."""
     numel = base.numel()
     high = torch.zeros(_HIGH, dtype=torch.int64)
     wide_sum = torch.zeros((), dtype=torch.float64)  # rescale: L1 summed in float64, rounded after
@@ -428,26 +455,67 @@ def _radix_trim(base: torch.Tensor, other: torch.Tensor, keep: int, dtype: torch
     from_top = high.flip(0).cumsum(0)
     cut_high = _HIGH - 1 - int(torch.searchsorted(from_top, keep))
     above_high = int(from_top[_HIGH - 2 - cut_high]) if cut_high < _HIGH - 1 else 0
-    lowest = cut_high << 16  # the high bin's patterns are lowest ... lowest + _LOW - 1
+    top = _last_nonzero(high)  # the largest magnitude is below the next high bin's first pattern
+    largest = float(torch.tensor([min(top + 1, _HIGH - 1) << 16], dtype=torch.int32).view(torch.float32))
+    return _HighCut(keep, cut_high, above_high, largest if top < 0x7F80 else math.inf, wide_sum)
+
+
+def _radix_trim(base: torch.Tensor, other: torch.Tensor, keep: int, dtype: torch.dtype, rescale: bool,
+                release: Release) -> MagnitudeTrim:
+    """float32 magnitudes (float64 ones rounded to float32, as mergekit compares them):
+    a histogram of the high halves of their bit patterns finds the cut-off's high half,
+    a second one of the low halves within that high half finds the cut-off itself."""
+    high_cut = _high_cut(base, other, keep, dtype, rescale, release)
+    lowest = high_cut.lowest
     low = torch.zeros(_LOW + 1, dtype=torch.int64)  # [0]: below the bin, [1 + i]: pattern lowest + i
-    for start, stop in _cache_blocks(numel):
+    for start, stop in _cache_blocks(base.numel()):
         bits = _magnitude_bits(base, other, start, stop, dtype)
         bits.clamp_(lowest - 1, lowest + _LOW - 1).sub_(lowest - 1)
         low += torch.bincount(bits, minlength=_LOW + 1)
         release(start, stop)
-    low[_LOW] -= above_high  # patterns above the bin were clamped into its top
-    within_from_top = low[1:].flip(0).cumsum(0)
-    index = int(torch.searchsorted(within_from_top, keep - above_high))
-    cut = lowest + _LOW - 1 - index
-    above = above_high + (int(within_from_top[index - 1]) if index else 0)
-    threshold = float(torch.tensor([cut], dtype=torch.int32).view(torch.float32))
-    top = _last_nonzero(high)  # the largest magnitude is below the next high bin's first pattern
-    largest = float(torch.tensor([min(top + 1, _HIGH - 1) << 16], dtype=torch.int32).view(torch.float32))
-    trim = MagnitudeTrim(threshold, int(low[1 + cut - lowest]), keep - above, None,
-                         largest if top < 0x7F80 else math.inf)
-    if rescale and threshold > 0:
-        trim.scale = _rescale_factor(wide_sum.to(dtype), _kept_l1(base, other, trim, release).to(dtype))
+    low[_LOW] -= high_cut.above_high  # patterns above the bin were clamped into its top
+    trim = high_cut.trim(low[1:])
+    if rescale and trim.threshold > 0:
+        trim.scale = _rescale_factor(high_cut.wide_sum.to(dtype), _kept_l1(base, other, trim, release).to(dtype))
     return trim
+
+
+class _PendingCut:
+    """A float32 trim known after the first histogram pass only, for the two-model TIES walk
+    (no rescale): the walk drops the magnitudes below the cut-off's high bin and keeps the
+    bin's own, undecided; ``_pair_ties`` notes where they are and afterwards, the exact
+    cut-off found from them (``settle``), merges those positions again. That saves the
+    second pass over the inputs; the bin holds about one element in a hundred."""
+
+    scale = None
+
+    def __init__(self, high_cut: _HighCut):
+        self.high_cut = high_cut
+        self.largest = high_cut.largest
+        self.floor = float(torch.tensor([high_cut.lowest], dtype=torch.int32).view(torch.float32))
+        self.final: MagnitudeTrim | None = None
+
+    def pass_(self) -> "_PendingCut":
+        return self
+
+    def undecided(self, delta: torch.Tensor) -> torch.Tensor:
+        """Where the magnitude lies in the cut-off's high bin."""
+        high = torch.bitwise_and(delta.view(torch.int32), 0x7FFFFFFF).bitwise_right_shift_(16)
+        return high == self.high_cut.cut_high
+
+    def __call__(self, delta: torch.Tensor) -> None:
+        _zero_below(delta, self.floor)
+
+    def settle(self, deltas: torch.Tensor) -> MagnitudeTrim:
+        """The exact trim from the task vector at every position it left undecided (and
+        maybe others), in flat order."""
+        bits = torch.bitwise_and(deltas.view(torch.int32), 0x7FFFFFFF)
+        inside = bits[bits.bitwise_right_shift(16) == self.high_cut.cut_high] - self.high_cut.lowest
+        self.final = self.high_cut.trim(torch.bincount(inside, minlength=_LOW))
+        return self.final
+
+    def resolved(self) -> MagnitudeTrim:
+        return self.final
 
 
 def _last_nonzero(counts: torch.Tensor) -> int:
@@ -545,7 +613,8 @@ def task_arithmetic(base: torch.Tensor, others: Sequence[torch.Tensor], weights:
     trimmed = sparsify and all(density < 1 for density in densities)
     if trimmed and _unchanged(base, others, release):
         return _base_plus_zero(base, dtype, lambda_, release)
-    trims = [_trim_or_count(base, other, density, dtype, rescale, release, trust)
+    fold = trust and sign_consensus and len(others) == 2 and dtype == torch.float32 and not rescale
+    trims = [_trim_or_count(base, other, density, dtype, rescale, release, trust, fold)
              if sparsify and density < 1 else None for other, density in zip(others, densities)]
     if all(isinstance(trim, MagnitudeTrim) and trim.threshold == 0 and trim.ties == numel for trim in trims):
         return _base_plus_zero(base, dtype, lambda_, release)
@@ -561,6 +630,8 @@ def task_arithmetic(base: torch.Tensor, others: Sequence[torch.Tensor], weights:
     if sign_consensus and _pair_is_finite(trims, weight_column, dtype):
         _pair_ties(base, others, trims, walks, weight_column, dtype, normalize, lambda_, release, out)
         return _checked(out, trims, lambda found: _pair_is_finite(found, weight_column, dtype), again)
+    if any(isinstance(trim, _PendingCut) for trim in trims):  # only the pair walk settles them
+        return again()
     for start, stop in _cache_blocks(numel):
         b = base[start:stop].to(dtype)
         deltas = torch.empty((len(others), stop - start), dtype=dtype)
@@ -588,13 +659,20 @@ def task_arithmetic(base: torch.Tensor, others: Sequence[torch.Tensor], weights:
 
 
 def _trim_or_count(base: torch.Tensor, other: torch.Tensor, density: float, dtype: torch.dtype, rescale: bool,
-                   release: Release, trust: bool) -> MagnitudeTrim | _NonzeroCount:
+                   release: Release, trust: bool, fold: bool) -> MagnitudeTrim | _NonzeroCount | _PendingCut:
     """magnitude_trim, or with ``trust`` a count for the walk to make where the first chunk
-    says the trim keeps every nonzero element."""
+    says the trim keeps every nonzero element, or with ``fold`` (float32, two models, no
+    rescale) a cut-off the pair walk settles where magnitude_trim would take two histogram
+    passes."""
     keep = _kept_count(density, base.numel())
-    if trust and _nonzero_fraction(base, other, dtype) < keep / base.numel():
+    nonzero_fraction = _nonzero_fraction(base, other, dtype)
+    if trust and nonzero_fraction < keep / base.numel():
         return _NonzeroCount(base.numel(), keep)
-    return magnitude_trim(base, other, density, dtype, rescale, release)
+    if fold and nonzero_fraction <= _DENSE:
+        high_cut = _high_cut(base, other, keep, dtype, False, release)
+        if high_cut.cut_high > 0:  # else the cut-off is zero: magnitude_trim's count says so
+            return _PendingCut(high_cut)
+    return _trim(base, other, keep, nonzero_fraction, dtype, rescale, release)
 
 
 def _checked(out: torch.Tensor, trims: Sequence[MagnitudeTrim | _NonzeroCount | None],
@@ -602,9 +680,9 @@ def _checked(out: torch.Tensor, trims: Sequence[MagnitudeTrim | _NonzeroCount | 
     """``out``, if every trim the walk counted keeps every nonzero element after all and
     the trims as found still ``fit`` the way ``out`` was computed; else ``again()``. (Task
     vectors that are all zero go again too, to the base-plus-zero shortcut.)"""
-    if not any(isinstance(trim, _NonzeroCount) for trim in trims):
+    if not any(isinstance(trim, (_NonzeroCount, _PendingCut)) for trim in trims):
         return out
-    found = [trim.resolved() if isinstance(trim, _NonzeroCount) else trim for trim in trims]
+    found = [trim.resolved() if isinstance(trim, (_NonzeroCount, _PendingCut)) else trim for trim in trims]
     counted_right = all(trim is not None for trim, was in zip(found, trims) if isinstance(was, _NonzeroCount))
     if not counted_right or not fits(found):
         return again()
@@ -665,17 +743,24 @@ def _pair_ties(base, others, trims, walks, weight_column, dtype, normalize, lamb
     block = PAIR_BLOCK_BYTES // dtype.itemsize
     consensus = PairConsensus(weights, dtype, normalize, min(numel, block))
     steps = [(trim.scale, weight if weight != 1 else None) for trim, weight in zip(trims, weights)]
+    pending = [trim if isinstance(trim, _PendingCut) else None for trim in trims]
+    noted = _Undecided() if any(pending) else None
     released = 0
     for start, stop in _chunks(numel, block):
         b = base[start:stop].to(dtype)
         deltas = consensus.deltas(stop - start)
-        for delta, other, walk, (scale, weight) in zip(deltas, others, walks, steps):
+        for delta, other in zip(deltas, others):
             torch.sub(other[start:stop].to(dtype), b, out=delta)
+        if noted is not None:
+            noted.note(start, b, deltas, pending)
+        for delta, walk, (scale, weight) in zip(deltas, walks, steps):
             walk(delta)
             if scale is not None:
                 delta.mul_(scale)
             if weight is not None:
                 delta.mul_(weight)
+        if noted is not None:
+            noted.note_walked(deltas, pending)  # before the consensus, which reuses the buffers
         mixed = consensus(stop - start)
         if lambda_ != 1:
             mixed *= lambda_
@@ -683,4 +768,50 @@ def _pair_ties(base, others, trims, walks, weight_column, dtype, normalize, lamb
         if stop - released >= CACHE_BLOCK or stop == numel:
             release(released, stop)
             released = stop
+    if noted is not None:
+        noted.merge_again(pending, weight_column, steps, normalize, lambda_, out)
     return out
+
+
+class _Undecided:
+    """The positions of a pair walk where a ``_PendingCut`` left an element undecided: the
+    base there, the task vector of each pending trim (before its walk) and the other's
+    trimmed and weighted one, block by block in flat order."""
+
+    def __init__(self):
+        self.positions, self.bases, self.rows = [], [], []
+        self.index = None
+
+    def note(self, start: int, b: torch.Tensor, deltas: torch.Tensor, pending) -> None:
+        mask = None
+        for delta, trim in zip(deltas, pending):
+            if trim is not None:
+                undecided = trim.undecided(delta)
+                mask = undecided if mask is None else mask.logical_or_(undecided)
+        self.index = mask.nonzero().reshape(-1)
+        if self.index.numel():
+            self.positions.append(self.index + start)
+            self.bases.append(b[self.index])
+            self.rows.append(deltas[:, self.index])
+
+    def note_walked(self, deltas: torch.Tensor, pending) -> None:
+        if self.index.numel():
+            for i, trim in enumerate(pending):
+                if trim is None:
+                    self.rows[-1][i] = deltas[i, self.index]
+
+    def merge_again(self, pending, weight_column, steps, normalize: bool, lambda_: float,
+                    out: torch.Tensor) -> None:
+        """Settle each pending cut-off and merge the noted positions again, as the general
+        walk does (the same bits as the pair walk where the inputs are finite)."""
+        positions = torch.cat(self.positions)  # never empty: a cut-off's bin holds the k-th element
+        rows = torch.cat(self.rows, dim=1)
+        for row, trim, (_, weight) in zip(rows, pending, steps):
+            if trim is not None:
+                trim.settle(row).pass_()(row)
+                if weight is not None:
+                    row.mul_(weight)
+        mixed = disjoint_merge(rows, weight_column, normalize)
+        if lambda_ != 1:
+            mixed *= lambda_
+        out[positions] = torch.add(torch.cat(self.bases), mixed)
