@@ -423,6 +423,7 @@ class _HighCut:
     keep: int
     cut_high: int  # the cut-off's high half: its patterns are lowest ... lowest + _LOW - 1
     above_high: int  # magnitudes in higher bins, all kept
+    in_bin: int  # magnitudes in the cut-off's own bin
     largest: float
     wide_sum: torch.Tensor  # rescale: L1 summed in float64
 
@@ -457,7 +458,8 @@ def _high_cut(base: torch.Tensor, other: torch.Tensor, keep: int, dtype: torch.d
     above_high = int(from_top[_HIGH - 2 - cut_high]) if cut_high < _HIGH - 1 else 0
     top = _last_nonzero(high)  # the largest magnitude is below the next high bin's first pattern
     largest = float(torch.tensor([min(top + 1, _HIGH - 1) << 16], dtype=torch.int32).view(torch.float32))
-    return _HighCut(keep, cut_high, above_high, largest if top < 0x7F80 else math.inf, wide_sum)
+    return _HighCut(keep, cut_high, above_high, int(high[cut_high]), largest if top < 0x7F80 else math.inf,
+                    wide_sum)
 
 
 def _radix_trim(base: torch.Tensor, other: torch.Tensor, keep: int, dtype: torch.dtype, rescale: bool,
@@ -744,7 +746,7 @@ def _pair_ties(base, others, trims, walks, weight_column, dtype, normalize, lamb
     consensus = PairConsensus(weights, dtype, normalize, min(numel, block))
     steps = [(trim.scale, weight if weight != 1 else None) for trim, weight in zip(trims, weights)]
     pending = [trim if isinstance(trim, _PendingCut) else None for trim in trims]
-    noted = _Undecided() if any(pending) else None
+    noted = _Undecided(pending, dtype) if any(pending) else None
     released = 0
     for start, stop in _chunks(numel, block):
         b = base[start:stop].to(dtype)
@@ -776,11 +778,17 @@ def _pair_ties(base, others, trims, walks, weight_column, dtype, normalize, lamb
 class _Undecided:
     """The positions of a pair walk where a ``_PendingCut`` left an element undecided: the
     base there, the task vector of each pending trim (before its walk) and the other's
-    trimmed and weighted one, block by block in flat order."""
+    trimmed and weighted one, block by block in flat order. Held in buffers sized once
+    from the bins' counts: a few small tensors kept per block would split the heap's
+    freed block-sized chunks, and resident memory would grow by a block per block."""
 
-    def __init__(self):
-        self.positions, self.bases, self.rows = [], [], []
-        self.index = None
+    def __init__(self, pending, dtype: torch.dtype):
+        capacity = sum(trim.high_cut.in_bin for trim in pending if trim is not None)
+        self.positions = torch.empty(capacity, dtype=torch.int64)
+        self.bases = torch.empty(capacity, dtype=dtype)
+        self.rows = torch.empty((len(pending), capacity), dtype=dtype)
+        self.filled = 0
+        self.index = torch.empty(0, dtype=torch.int64)
 
     def note(self, start: int, b: torch.Tensor, deltas: torch.Tensor, pending) -> None:
         mask = None
@@ -789,23 +797,24 @@ class _Undecided:
                 undecided = trim.undecided(delta)
                 mask = undecided if mask is None else mask.logical_or_(undecided)
         self.index = mask.nonzero().reshape(-1)
-        if self.index.numel():
-            self.positions.append(self.index + start)
-            self.bases.append(b[self.index])
-            self.rows.append(deltas[:, self.index])
+        section = slice(self.filled, self.filled + self.index.numel())
+        torch.add(self.index, start, out=self.positions[section])
+        torch.index_select(b, 0, self.index, out=self.bases[section])
+        torch.index_select(deltas, 1, self.index, out=self.rows[:, section])
+        self.filled = section.stop
 
     def note_walked(self, deltas: torch.Tensor, pending) -> None:
-        if self.index.numel():
-            for i, trim in enumerate(pending):
-                if trim is None:
-                    self.rows[-1][i] = deltas[i, self.index]
+        section = slice(self.filled - self.index.numel(), self.filled)
+        for i, trim in enumerate(pending):
+            if trim is None:
+                torch.index_select(deltas[i], 0, self.index, out=self.rows[i, section])
 
     def merge_again(self, pending, weight_column, steps, normalize: bool, lambda_: float,
                     out: torch.Tensor) -> None:
         """Settle each pending cut-off and merge the noted positions again, as the general
         walk does (the same bits as the pair walk where the inputs are finite)."""
-        positions = torch.cat(self.positions)  # never empty: a cut-off's bin holds the k-th element
-        rows = torch.cat(self.rows, dim=1)
+        positions = self.positions[:self.filled]  # never empty: a cut-off's bin holds the k-th element
+        rows = self.rows[:, :self.filled]
         for row, trim, (_, weight) in zip(rows, pending, steps):
             if trim is not None:
                 trim.settle(row).pass_()(row)
@@ -814,4 +823,4 @@ class _Undecided:
         mixed = disjoint_merge(rows, weight_column, normalize)
         if lambda_ != 1:
             mixed *= lambda_
-        out[positions] = torch.add(torch.cat(self.bases), mixed)
+        out[positions] = torch.add(self.bases[:self.filled], mixed)
