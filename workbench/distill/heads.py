@@ -110,11 +110,9 @@ class ShardedHead:
         """As ``WholeHead.backward``, for the chunk whose ``logits`` came last; ``grad_weight``
         holds this rank's rows, summed over every rank's tokens."""
         padded = len(self._gathered_hidden) // self.ranks
-        full = dlogits.new_zeros(padded, self.ranks * self.per_rank)
-        full[: len(dlogits), : self.vocab] = dlogits
-        del dlogits
-        outgoing = full.view(padded, self.ranks, self.per_rank).transpose(0, 1).contiguous()
-        del full
+        outgoing = dlogits.new_zeros(self.ranks, padded, self.per_rank)  # block r: rank r's vocabulary rows
+        for rank, columns in enumerate(dlogits.split(self.per_rank, dim=1)):
+            outgoing[rank, : len(dlogits), : columns.shape[1]] = columns
         mine = torch.empty_like(outgoing).view(self.ranks * padded, self.per_rank)
         dist.all_to_all_single(mine, outgoing.view(self.ranks * padded, self.per_rank), group=self.group)
         del outgoing

@@ -38,7 +38,7 @@ from typing import Callable, Sequence
 
 import torch
 
-from workbench.merge.sign_election import PAIR_DTYPES, PairConsensus, disjoint_merge, sum_rows
+from workbench.merge.sign_election import PAIR_DTYPES, SAME_WIDTH_INT, PairConsensus, disjoint_merge, sum_rows
 
 CHUNK = 1024 * 1024  # elements; equal to mergekit's slerp chunk, so its norms are summed alike
 CACHE_BLOCK = 256 * 1024
@@ -298,7 +298,7 @@ class _NonzeroCount:
         return self
 
     def __call__(self, delta: torch.Tensor) -> None:
-        integer = _BITS_OF[delta.dtype]
+        integer = SAME_WIDTH_INT[delta.dtype]
         count, largest = _count_magnitudes(torch.bitwise_and(delta.view(integer), torch.iinfo(integer).max),
                                            delta.dtype)
         self.nonzero += count
@@ -310,14 +310,10 @@ class _NonzeroCount:
         return MagnitudeTrim(0.0, self.numel - self.nonzero, self.keep - self.nonzero, None, self.largest)
 
 
-_BITS_OF = {torch.bfloat16: torch.int16, torch.float16: torch.int16, torch.float32: torch.int32,
-            torch.float64: torch.int64}
-
-
 def _count_nonzero(delta: torch.Tensor) -> tuple[int, float]:
     """How many elements of ``delta`` (overwritten) are nonzero, and the largest magnitude
     (NaN if any is NaN): on bit patterns, several times faster than count_nonzero on floats."""
-    integer = _BITS_OF[delta.dtype]
+    integer = SAME_WIDTH_INT[delta.dtype]
     return _count_magnitudes(delta.view(integer).bitwise_and_(torch.iinfo(integer).max), delta.dtype)
 
 
@@ -562,7 +558,7 @@ def _kept_l1(base: torch.Tensor, other: torch.Tensor, trim: MagnitudeTrim, relea
     return total
 
 
-_SAME_WIDTH_INT = {torch.float32: torch.int32, torch.bfloat16: torch.int16, torch.float16: torch.int16}
+_BIT_COMPARED = (torch.float32, torch.bfloat16, torch.float16)  # float64 is compared rounded to float32
 
 
 def _zero_below(delta: torch.Tensor, threshold: float) -> None:
@@ -571,17 +567,17 @@ def _zero_below(delta: torch.Tensor, threshold: float) -> None:
     hardshrink zeroes |x| <= lambd in one fast pass; with lambd the dtype's next value
     below the threshold that is exactly |x| < threshold. (float64: mergekit compares
     float32-rounded magnitudes, so do the same, more slowly.)"""
-    if delta.dtype not in _SAME_WIDTH_INT:
+    if delta.dtype not in _BIT_COMPARED:
         delta.mul_(delta.abs().float() >= threshold)
         return
-    bits = torch.tensor([threshold], dtype=delta.dtype).view(_SAME_WIDTH_INT[delta.dtype])
+    bits = torch.tensor([threshold], dtype=delta.dtype).view(SAME_WIDTH_INT[delta.dtype])
     below = float((bits - 1).view(delta.dtype))
     torch.hardshrink(delta, below, out=delta)
 
 
 def _zero_at_most(delta: torch.Tensor, threshold: float) -> None:
     """Zero, in place, every element with |x| <= threshold."""
-    if delta.dtype not in _SAME_WIDTH_INT:
+    if delta.dtype not in _BIT_COMPARED:
         delta.mul_(delta.abs().float() > threshold)
         return
     torch.hardshrink(delta, threshold, out=delta)
@@ -590,9 +586,9 @@ def _zero_at_most(delta: torch.Tensor, threshold: float) -> None:
 def _magnitudes_equal(delta: torch.Tensor, threshold: float) -> torch.Tensor:
     """Where |x| == threshold; compared as bit patterns without the sign bit (several times
     faster than a float comparison in bfloat16)."""
-    integer = _SAME_WIDTH_INT.get(delta.dtype)
-    if integer is None:
+    if delta.dtype not in _BIT_COMPARED:
         return delta.abs().float() == threshold
+    integer = SAME_WIDTH_INT[delta.dtype]
     pattern = int(torch.tensor(threshold, dtype=delta.dtype).view(integer))
     return torch.bitwise_and(delta.view(integer), (1 << (8 * delta.dtype.itemsize - 1)) - 1) == pattern
 
@@ -698,9 +694,9 @@ def _unchanged(base: torch.Tensor, others: Sequence[torch.Tensor], release: Rele
     task vector is exactly zero (a tensor no fine-tune changed, as the embeddings of LoRA
     experts): a comparison chunk by chunk that stops at the first difference, instead of
     two trims."""
-    if any(other.dtype != base.dtype for other in others) or base.dtype not in _BITS_OF:
+    if any(other.dtype != base.dtype for other in others) or base.dtype not in SAME_WIDTH_INT:
         return False
-    integer = _BITS_OF[base.dtype]
+    integer = SAME_WIDTH_INT[base.dtype]
     for start, stop in _chunks(base.numel()):
         bits = base[start:stop].view(integer)
         same = all(torch.equal(bits, other[start:stop].view(integer)) for other in others)

@@ -57,8 +57,9 @@ def sum_rows(rows: torch.Tensor) -> torch.Tensor:
     return rows.sum(dim=0)
 
 
-_SAME_WIDTH_INT = {torch.bfloat16: torch.int16, torch.float16: torch.int16, torch.float32: torch.int32}
-PAIR_DTYPES = tuple(_SAME_WIDTH_INT)
+SAME_WIDTH_INT = {torch.bfloat16: torch.int16, torch.float16: torch.int16, torch.float32: torch.int32,
+                  torch.float64: torch.int64}  # to view a float tensor's bit patterns
+PAIR_DTYPES = (torch.bfloat16, torch.float16, torch.float32)
 
 
 class PairConsensus:
@@ -78,7 +79,7 @@ class PairConsensus:
 
     def __init__(self, weights: Sequence[float], dtype: torch.dtype, normalize: bool, size: int):
         self.dtype, self.normalize = dtype, normalize
-        self.integer = _SAME_WIDTH_INT[dtype]
+        self.integer = SAME_WIDTH_INT[dtype]
         self.shift = dtype.itemsize * 8 - 1  # the sign bit; x >> shift is -1 where it is set, else 0
         self.magnitude = (1 << self.shift) - 1
         column = torch.tensor(list(weights), dtype=dtype)

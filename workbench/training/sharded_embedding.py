@@ -72,7 +72,7 @@ class _ShardedLookup(torch.autograd.Function):
         own = rows.new_empty(most, rows.shape[1])
         dist.reduce_scatter_tensor(own, partial, group=group)
         if padding_idx is not None:
-            keep = everyone[where] != (padding_idx % vocab)
+            keep = everyone[where] != padding_idx
             where, local_ids = where[keep], local_ids[keep]
         ctx.save_for_backward(where, local_ids)
         ctx.group, ctx.ranks, ctx.most, ctx.rows_shape, ctx.rows_dtype = group, ranks, most, rows.shape, rows.dtype
