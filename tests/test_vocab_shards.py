@@ -154,3 +154,32 @@ def test_vocab_sharded_loss_and_lookup_equal_the_whole_tables(ranks, vocab):
         assert sorted(cases) == sorted([*CASES, "embedding lookup"])
         for name, problems in cases.items():
             assert not problems, f"rank {rank}, {name}: {problems}"
+
+
+@pytest.mark.parametrize("options", [{"max_norm": 1.0}, {"scale_grad_by_freq": True}, {"sparse": True}])
+def test_an_embedding_the_sharded_lookup_cannot_reproduce_is_refused_before_sharding(options):
+    from workbench.errors import ConfigError
+    from workbench.training.fsdp import shard_embeddings_apart
+    from workbench.training.sharded_embedding import ShardedEmbedding
+
+    with pytest.raises(ValueError, match="supports neither max_norm, scale_grad_by_freq nor sparse"):
+        ShardedEmbedding.replacing(torch.nn.Embedding(7, HIDDEN, **options), mesh=None)
+
+    class Model(torch.nn.Module):  # what shard_embeddings_apart reads of a causal LM
+        config = type("Config", (), {"model_type": "toy"})()
+
+        def __init__(self):
+            super().__init__()
+            self.embedding, self.head = torch.nn.Embedding(7, HIDDEN, **options), torch.nn.Linear(HIDDEN, 7)
+
+        def get_input_embeddings(self):
+            return self.embedding
+
+        def get_output_embeddings(self):
+            return self.head
+
+    model = Model()
+    embedding = model.embedding
+    with pytest.raises(ConfigError, match="^toy: a sharded input embedding supports neither"):
+        shard_embeddings_apart(model, mesh=None)
+    assert model.get_input_embeddings() is embedding  # nothing replaced
