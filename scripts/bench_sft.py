@@ -20,6 +20,7 @@ CPU, multi-threaded timings swing by several x between identical runs.
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import json
 import os
 import random
@@ -138,6 +139,8 @@ def main() -> None:
         trl_child(json.loads(args.trl_child))
         return
 
+    if importlib.util.find_spec("trl") is None:
+        sys.exit("bench_sft compares with TRL, which is not installed: .venv/bin/pip install -e '.[bench]'")
     sys.path.insert(0, str(REPO))
     from workbench.model_import import build_tiny
 
