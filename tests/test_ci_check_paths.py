@@ -48,3 +48,14 @@ def test_a_clean_checkout_passes(tmp_path):
     result = check(repo)
     assert result.returncode == 0, result.stderr
     assert result.stdout == "check-paths: no tracked file names an absolute path\n"
+
+
+def test_the_checkout_path_counts_only_where_it_ends_a_path_name(tmp_path):
+    repo = git_repo(tmp_path / "x.y", {"docs/run.md": f"python scripts/run.py --work {tmp_path}/x.yz\n",
+                                       "docs/other.md": f"also {tmp_path}/xay/notes\n"})
+    assert check(repo).returncode == 0, check(repo).stderr
+    (repo / "docs" / "cd.md").write_text(f"cd {tmp_path}/x.y\n")
+    subprocess.run(["git", "-C", str(repo), "add", "."], check=True)
+    result = check(repo)
+    assert result.returncode == 1
+    assert result.stderr.splitlines()[1:] == ["  docs/cd.md"]
