@@ -10,8 +10,8 @@ from pathlib import Path
 
 PACKAGE = Path(__file__).resolve().parents[1] / "workbench"
 
-CORE = {"workbench", "atomic", "checkpoint", "console", "constants", "data", "errors", "heavy_imports", "markdown",
-        "modeling", "safetensors_io", "training", "yaml_io"}
+CORE = {"workbench", "atomic", "checkpoint", "console", "constants", "data", "direct_file", "errors", "heavy_imports",
+        "markdown", "modeling", "safetensors_io", "training", "yaml_io"}
 ENGINES = {"distill", "evaluate", "merge", "model_import", "sft"}
 RECIPE = {"recipe"}
 # Above the engines, beside the recipe layer: a merge search (merges and evaluates), the server

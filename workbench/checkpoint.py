@@ -461,8 +461,7 @@ class CheckpointWriter:
 
     def abort(self) -> None:
         for shard in self.shards:
-            if not shard.file.closed:
-                shard.file.close()
+            shard.abort()
         shutil.rmtree(self.tmp_dir, ignore_errors=True)
 
 

@@ -10,13 +10,13 @@ pre-compute the header and stream each tensor straight to its place on disk.
 from __future__ import annotations
 
 import json
-import os
 import struct
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
+from workbench.direct_file import DirectFile
 from workbench.errors import CheckpointError
 
 DTYPE_CODES: dict[str, torch.dtype] = {
@@ -152,9 +152,8 @@ class ShardFile:
         raw += b" " * (-len(raw) % 8)
         self.data_start = 8 + len(raw)
         self.total_bytes = self.data_start + offset
-        self.file = open(path, "wb")
-        self.file.write(struct.pack("<Q", len(raw)) + raw)
-        self.file.truncate(self.total_bytes)
+        self.file = DirectFile(path, self.total_bytes)
+        self.file.write_at(0, struct.pack("<Q", len(raw)) + raw)
         self.written: set[str] = set()
 
     def write(self, name: str, tensor: torch.Tensor) -> None:
@@ -162,12 +161,13 @@ class ShardFile:
         if tuple(tensor.shape) != tuple(planned.shape):
             raise ValueError(f"tensor {name}: shape {tuple(tensor.shape)}, planned {planned.shape}")
         start, _ = self.offsets[name]
-        self.file.seek(self.data_start + start)
-        self.file.write(tensor_bytes(tensor.to(planned.dtype)))
+        self.file.write_at(self.data_start + start, tensor_bytes(tensor.to(planned.dtype)))
         self.written.add(name)
 
     def close(self) -> None:
-        if not self.file.closed:
-            self.file.flush()
-            os.fsync(self.file.fileno())
-            self.file.close()
+        """Finish the file on disk (fsynced)."""
+        self.file.close()
+
+    def abort(self) -> None:
+        """Close without finishing: the file is about to be removed."""
+        self.file.close(sync=False)
