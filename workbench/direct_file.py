@@ -28,7 +28,6 @@ class DirectFile:
     """A new file of ``size`` bytes; ``write_at(offset, data)`` in any order, then ``close``."""
 
     def __init__(self, path: str | os.PathLike, size: int):
-        self.path = path
         self.fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o666)
         os.ftruncate(self.fd, size)
         self.direct_fd = _open_direct(path)
